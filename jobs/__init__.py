@@ -1,0 +1,1 @@
+"""Thin entrypoints: the ``rebalance`` command and the scripts ``ray job submit`` runs."""

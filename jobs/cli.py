@@ -1,0 +1,144 @@
+"""The ``rebalance`` command.
+
+Subcommands: ``generate`` (a synthetic book), ``validate`` (a book against the data contract),
+``schema`` (print the contract). Exit status: 0 success, 1 the book has errors, 2 bad usage or
+an unreadable input.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import sys
+import time
+
+from rebalancer.errors import RebalancerError
+from rebalancer.storage import S3Options
+
+__all__ = ["main"]
+
+
+def _s3_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("S3 (defaults: the standard AWS environment variables)")
+    g.add_argument("--s3-endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
+    g.add_argument("--s3-region", help="region (else AWS_REGION / AWS_DEFAULT_REGION, then us-east-1)")
+    g.add_argument("--s3-backend", choices=["arrow", "s3fs"], help="S3 client (else REBALANCER_S3_BACKEND, then arrow)")
+
+
+def _s3(args) -> S3Options:
+    return S3Options.from_env(endpoint_url=args.s3_endpoint_url, region=args.s3_region, backend=args.s3_backend)
+
+
+def _peak_rss_mb() -> tuple[float, float]:
+    """Peak resident memory of this process and of its largest finished child, in MB."""
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return self_kb / 1024.0, child_kb / 1024.0
+
+
+def _progress(label: str):
+    t0 = time.perf_counter()
+    tty = sys.stderr.isatty()
+
+    def report(done: int, total: int) -> None:
+        if tty or done == total or done % max(1, total // 10) == 0:
+            el = time.perf_counter() - t0
+            eta = el / done * (total - done) if done else 0.0
+            end = "\n" if done == total or not tty else ""
+            print(f"\r{label}: {done}/{total} buckets, {el:5.1f}s elapsed, ETA {eta:5.1f}s", end=end, file=sys.stderr, flush=True)
+    return report
+
+
+def cmd_generate(args) -> int:
+    from rebalancer.generate import GeneratorSettings, generate_book
+    from rebalancer.storage import open_uri
+
+    settings = GeneratorSettings(accounts=args.accounts, seed=args.seed, as_of=args.as_of,
+                                 accounts_per_bucket=args.accounts_per_bucket)
+    workers = args.workers or min(os.cpu_count() or 1, settings.n_buckets)
+    t0 = time.perf_counter()
+    info = generate_book(settings, args.out, s3=_s3(args), overwrite=args.overwrite, workers=workers,
+                         progress=_progress("generate"))
+    wall = time.perf_counter() - t0
+    n_files, n_bytes = open_uri(args.out, _s3(args)).total_size()
+    own, child = _peak_rss_mb()
+    tot = info.to_json()["totals"]
+    summary = {
+        "book": args.out, "as_of": info.as_of.isoformat(), "buckets": info.n_buckets, "seed": args.seed,
+        "households": tot["households"], "accounts": tot["accounts"], "lots": tot["lots"],
+        "positions": tot["positions"], "recent_trades": tot["recent_trades"], "value_usd": round(tot["value"], 2),
+        "files": n_files, "bytes_on_disk": n_bytes, "wall_seconds": round(wall, 2), "workers": workers,
+        "peak_rss_mb_driver": round(own, 1), "peak_rss_mb_worker": round(child, 1),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"book {args.out} as of {summary['as_of']}: {summary['households']:,} households, "
+              f"{summary['accounts']:,} accounts, {summary['lots']:,} lots, {summary['positions']:,} positions, "
+              f"{summary['recent_trades']:,} recent trades, ${summary['value_usd'] / 1e9:,.3f}B")
+        print(f"{n_files} files, {n_bytes / 1e6:,.1f} MB on disk, {info.n_buckets} buckets; "
+              f"{wall:.1f}s with {workers} worker(s); peak memory {own:,.0f} MB driver, {child:,.0f} MB largest worker")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from rebalancer.validate import validate_book
+
+    report = validate_book(args.book, s3=_s3(args), max_per_rule=args.max_per_rule)
+    if args.json:
+        print(json.dumps({"ok": report.ok, "rows_checked": report.rows_checked, "omitted": report.omitted,
+                          "problems": [p.__dict__ for p in report.problems]}, indent=2, default=str))
+    else:
+        print(report.format())
+    return 0 if report.ok else 1
+
+
+def cmd_schema(args) -> int:
+    from rebalancer.schema import contract_markdown
+
+    print(contract_markdown())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rebalance", description="Full-book, tax-aware household rebalancing.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate a synthetic book (DESIGN section 5)")
+    g.add_argument("--accounts", type=int, required=True, help="number of accounts")
+    g.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
+    g.add_argument("--out", required=True, help="book URI: path, file:// or s3://bucket/prefix")
+    g.add_argument("--as-of", type=dt.date.fromisoformat, default=None, help="book date (a trading day 2006-01..2021-04-21; default the last)")
+    g.add_argument("--accounts-per-bucket", type=int, default=2500, help="sets the number of household buckets")
+    g.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU)")
+    g.add_argument("--overwrite", action="store_true", help="replace a book already at --out")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _s3_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    v = sub.add_parser("validate", help="check a book against the data contract and cross-table rules")
+    v.add_argument("--book", required=True, help="book URI")
+    v.add_argument("--max-per-rule", type=int, default=20, help="problems listed per rule; the rest are counted")
+    v.add_argument("--json", action="store_true", help="print problems as JSON")
+    _s3_args(v)
+    v.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("schema", help="print the data contract as Markdown")
+    s.add_argument("--markdown", action="store_true", help="(the only format)")
+    s.set_defaults(func=cmd_schema)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RebalancerError, ValueError, OSError) as e:
+        print(f"rebalance {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
