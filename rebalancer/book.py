@@ -70,18 +70,22 @@ class BookInfo:
 
     @classmethod
     def from_json(cls, obj: dict) -> "BookInfo":
+        if not isinstance(obj, dict):
+            raise BookLayoutError("book.json: not a JSON object")
         if obj.get("format") != BOOK_FORMAT:
             raise BookLayoutError(f"book.json: format is {obj.get('format')!r}, expected {BOOK_FORMAT!r}")
         if obj.get("version") != BOOK_VERSION:
             raise BookLayoutError(f"book.json: version {obj.get('version')!r} not supported (this code reads {BOOK_VERSION})")
+        if not isinstance(obj.get("n_buckets"), int):
+            raise BookLayoutError(f"book.json: n_buckets must be an integer, got {obj.get('n_buckets')!r}")
         try:
             return cls(
                 as_of=dt.date.fromisoformat(obj["as_of"]),
-                n_buckets=int(obj["n_buckets"]),
+                n_buckets=obj["n_buckets"],
                 buckets=tuple(BucketStats(**b) for b in obj["buckets"]),
                 source=obj.get("source", {}),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BookLayoutError(f"book.json: malformed ({e})") from None
 
 

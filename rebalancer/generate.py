@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from .book import BookInfo, BookWriter, BucketStats, table_path
+from .marketdata import LAST_DATE
 from .riskmodel import estimate_risk_model
 from .schema import TABLES, AccountType, TradeSide, conform
 from .storage import S3Options, open_uri
@@ -123,7 +124,7 @@ _CTX: _Ctx | None = None
 
 def _ctx(as_of: dt.date | None) -> _Ctx:
     global _CTX
-    if _CTX is None or (as_of is not None and _CTX.u.as_of != as_of):
+    if _CTX is None or _CTX.u.as_of != (as_of or LAST_DATE):
         _CTX = _Ctx(build_universe(as_of))
     return _CTX
 
@@ -197,7 +198,7 @@ def generate_bucket(settings: GeneratorSettings, b: int) -> tuple[dict[str, pa.T
     p_acc, p_sec, p_w = p_acc[keep], p_sec[keep], p_w[keep]
 
     di_rows = np.flatnonzero(direct)
-    k_di = rng.integers(200, 501, len(di_rows))
+    k_di = np.minimum(rng.integers(200, 501, len(di_rows)), len(c.sp_ids))
     # Gumbel top-k: a weighted sample without replacement, heavier names more likely held.
     scores = np.log(c.sp_w)[None, :] + rng.gumbel(size=(len(di_rows), len(c.sp_ids)))
     scores[excluded[di_rows][:, c.sp_ids] & ~new_screen[di_rows][:, None]] = -np.inf
@@ -306,7 +307,7 @@ def generate_bucket(settings: GeneratorSettings, b: int) -> tuple[dict[str, pa.T
     o = np.lexsort((np.concatenate([lot_id[rb], np.zeros(len(ls_acc), np.int64)]), t_n, t_acc))
     t_rank = _expand(np.bincount(t_acc[o], minlength=A))[1]
     recent = pa.table({
-        "trade_id": (acc_id[t_acc] * 1000)[o] + t_rank,
+        "trade_id": (acc_id[t_acc] * 100_000)[o] + t_rank,  # a new DI account buys >1,000 lots
         "account_id": acc_id[t_acc][o], "household_id": hh_id[a_hh][t_acc][o],
         "bucket": np.full(len(t_acc), b, np.int32),
         "security_id": np.concatenate([l_sec[rb], ls_sec]).astype(np.int32)[o],

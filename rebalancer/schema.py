@@ -282,12 +282,20 @@ def conform(table: pa.Table, spec: TableSpec) -> pa.Table:
     for f in spec.schema:
         col = table[f.name]
         if not col.type.equals(f.type):
+            if _is_text(col.type) != _is_text(f.type):
+                # Arrow's "safe" cast parses strings into numbers and dates: not a conversion
+                # a data contract should make silently.
+                raise ValueError(f"{spec.name}.{f.name}: type {col.type}, expected {f.type}")
             try:
                 col = col.cast(f.type, safe=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
                 raise ValueError(f"{spec.name}.{f.name}: cannot cast {col.type} to {f.type}: {e}") from None
         cols.append(col)
     return pa.Table.from_arrays(cols, schema=spec.schema)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
 
 
 def contract_markdown() -> str:

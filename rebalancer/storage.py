@@ -23,6 +23,7 @@ import posixpath
 import uuid
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -55,8 +56,8 @@ class S3Options:
             raise ValueError(f"S3 backend must be 'arrow' or 's3fs', got {self.backend!r}")
         if self.endpoint_url is not None:
             u = urlparse(self.endpoint_url)
-            if u.scheme not in ("http", "https") or not u.netloc:
-                raise ValueError(f"S3 endpoint must be an http(s) URL, got {self.endpoint_url!r}")
+            if u.scheme not in ("http", "https") or not u.netloc or u.path not in ("", "/"):
+                raise ValueError(f"S3 endpoint must be an http(s) URL with no path, got {self.endpoint_url!r}")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "S3Options":
@@ -71,20 +72,43 @@ class S3Options:
 
 
 def _s3_filesystem(opts: S3Options) -> pafs.FileSystem:
-    region = opts.region or "us-east-1"
+    # Region only when given: otherwise each SDK resolves it from its own configuration.
     if opts.backend == "s3fs":
         import s3fs  # imported lazily: only sites that choose it pay for aiobotocore
 
-        client_kwargs = {"region_name": region}
+        client_kwargs = {}
+        if opts.region:
+            client_kwargs["region_name"] = opts.region
         if opts.endpoint_url:
             client_kwargs["endpoint_url"] = opts.endpoint_url
-        fs = s3fs.S3FileSystem(client_kwargs=client_kwargs, default_block_size=8 << 20)
-        return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-    kwargs: dict = {"region": region}
+        # No listings cache: a driver polls for files other processes write (book.json, shards).
+        fs = s3fs.S3FileSystem(client_kwargs=client_kwargs, default_block_size=8 << 20,
+                               use_listings_cache=False)
+        return pafs.PyFileSystem(_BotoErrorsAsOSError(fs))
+    kwargs: dict = {"region": opts.region} if opts.region else {}
     if opts.endpoint_url:
         u = urlparse(opts.endpoint_url)
         kwargs.update(endpoint_override=u.netloc, scheme=u.scheme)
     return pafs.S3FileSystem(**kwargs)
+
+
+class _BotoErrorsAsOSError(pafs.FSSpecHandler):
+    """s3fs raises botocore's exceptions for network failures; callers handle ``OSError``
+    (what Arrow's native client raises), so translate them at this boundary."""
+
+    def __getattribute__(self, name):
+        attr = super().__getattribute__(name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+
+        def call(*a, **kw):
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            try:
+                return attr(*a, **kw)
+            except (BotoCoreError, ClientError) as e:
+                raise OSError(f"S3 error: {e}") from e
+        return call
 
 
 @dataclass(frozen=True)
@@ -173,12 +197,18 @@ def open_uri(uri: str, s3: S3Options | None = None) -> Location:
     if not uri:
         raise StorageError("empty storage URI")
     u = urlparse(uri)
-    if u.scheme in ("", "file"):
-        path = os.path.abspath(u.path if u.scheme == "file" else uri)
-        return Location(uri, pafs.LocalFileSystem(), path)
+    if u.scheme == "":
+        return Location(uri, pafs.LocalFileSystem(), os.path.abspath(uri))
+    if u.scheme == "file":
+        if u.netloc not in ("", "localhost"):
+            raise StorageError(f"file URI must be file:///absolute/path, got {uri!r}")
+        return Location(uri, pafs.LocalFileSystem(), os.path.abspath(url2pathname(u.path)))
     if u.scheme in ("s3", "s3a"):
         if not u.netloc:
             raise StorageError(f"S3 URI has no bucket: {uri!r}")
+        if "@" in u.netloc:
+            # Never accept credentials in a URI: they would end up in logs and manifests.
+            raise StorageError("S3 URI must not contain credentials; use the AWS environment or an instance role")
         opts = s3 or S3Options.from_env()
         return Location(uri, _s3_filesystem(opts), f"{u.netloc}/{u.path.strip('/')}".rstrip("/"))
     raise StorageError(f"unsupported storage scheme {u.scheme!r} in {uri!r}; use a path, file:// or s3://")
