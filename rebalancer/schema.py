@@ -18,7 +18,7 @@ import pyarrow as pa
 __all__ = [
     "AccountType", "SecurityKind", "IncomeTaxClass", "TradeSide", "FactorKind",
     "TableSpec", "TABLES", "REFERENCE_TABLES", "HOUSEHOLD_TABLES", "table_spec",
-    "bucket_of", "conform", "contract_markdown",
+    "bucket_of", "castable", "conform", "contract_markdown",
 ]
 
 
@@ -269,6 +269,34 @@ def bucket_of(household_id, n_buckets: int):
     return household_id % n_buckets
 
 
+def castable(src: pa.DataType, dst: pa.DataType) -> bool:
+    """Whether a ``src`` column may stand for a ``dst`` one: the same kind of value, no loss.
+
+    Within a kind the cast itself (``safe=True``) still rejects values that do not fit. Arrow's
+    safe cast alone would parse strings into numbers and dates: not a conversion a data
+    contract should make silently. Used by :func:`conform` and by the validator, so writing
+    and checking a book accept the same types.
+    """
+    t = pa.types
+    if t.is_dictionary(src):
+        return castable(src.value_type, dst)
+    if t.is_null(src):
+        return True
+    if t.is_integer(dst):
+        return t.is_integer(src)
+    if t.is_floating(dst):
+        return t.is_integer(src) or (t.is_floating(src) and src.bit_width <= dst.bit_width)
+    if t.is_string(dst) or t.is_large_string(dst):
+        return t.is_string(src) or t.is_large_string(src) or t.is_string_view(src)
+    if t.is_date(dst):
+        return t.is_date(src)
+    if t.is_boolean(dst):
+        return t.is_boolean(src)
+    if t.is_list(dst) or t.is_large_list(dst):
+        return (t.is_list(src) or t.is_large_list(src)) and castable(src.value_type, dst.value_type)
+    return False
+
+
 def conform(table: pa.Table, spec: TableSpec) -> pa.Table:
     """Return ``table`` with exactly the spec's columns, order and types (safe casts only).
 
@@ -282,9 +310,7 @@ def conform(table: pa.Table, spec: TableSpec) -> pa.Table:
     for f in spec.schema:
         col = table[f.name]
         if not col.type.equals(f.type):
-            if _is_text(col.type) != _is_text(f.type):
-                # Arrow's "safe" cast parses strings into numbers and dates: not a conversion
-                # a data contract should make silently.
+            if not castable(col.type, f.type):
                 raise ValueError(f"{spec.name}.{f.name}: type {col.type}, expected {f.type}")
             try:
                 col = col.cast(f.type, safe=True)
@@ -292,10 +318,6 @@ def conform(table: pa.Table, spec: TableSpec) -> pa.Table:
                 raise ValueError(f"{spec.name}.{f.name}: cannot cast {col.type} to {f.type}: {e}") from None
         cols.append(col)
     return pa.Table.from_arrays(cols, schema=spec.schema)
-
-
-def _is_text(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
 
 
 def contract_markdown() -> str:

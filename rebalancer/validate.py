@@ -26,7 +26,7 @@ from .book import INFO_FILE, Book, BookInfo, table_path
 from .errors import BookLayoutError
 from .schema import (
     HOUSEHOLD_TABLES, REFERENCE_TABLES, TABLES, AccountType, FactorKind, IncomeTaxClass,
-    SecurityKind, TableSpec, TradeSide,
+    SecurityKind, TableSpec, TradeSide, castable,
 )
 from .storage import Location, S3Options, open_uri
 
@@ -175,33 +175,8 @@ def _outside(values: pa.Array, lo: float, hi: float) -> pa.Array:
     return pc.or_(pc.less(values, lo), pc.greater(values, hi))
 
 
-def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
-    """Whether a ``src`` column may stand for a ``dst`` one: the same kind of value, no loss.
-
-    Within a kind the cast itself (``safe=True``) still rejects values that do not fit.
-    """
-    t = pa.types
-    if t.is_dictionary(src):
-        return _castable(src.value_type, dst)
-    if t.is_null(src):
-        return True
-    if t.is_integer(dst):
-        return t.is_integer(src)
-    if t.is_floating(dst):
-        return t.is_integer(src) or (t.is_floating(src) and src.bit_width <= dst.bit_width)
-    if t.is_string(dst) or t.is_large_string(dst):
-        return t.is_string(src) or t.is_large_string(src) or t.is_string_view(src)
-    if t.is_date(dst):
-        return t.is_date(src)
-    if t.is_boolean(dst):
-        return t.is_boolean(src)
-    if t.is_list(dst) or t.is_large_list(dst):
-        return (t.is_list(src) or t.is_large_list(src)) and _castable(src.value_type, dst.value_type)
-    return False
-
-
 def _safe_cast(col: pa.ChunkedArray, dst: pa.DataType) -> pa.ChunkedArray | None:
-    if not _castable(col.type, dst):
+    if not castable(col.type, dst):
         return None
     try:
         return col.cast(dst, safe=True)
@@ -357,8 +332,6 @@ class _Validator:
         info = None
         if raw is not None:
             try:
-                if not isinstance(raw, dict):
-                    raise BookLayoutError(f"book.json: expected an object, got {type(raw).__name__}")
                 info = BookInfo.from_json(raw)
             except BookLayoutError as e:
                 self.c.one("book.json", key, "*", "malformed", str(e))

@@ -434,3 +434,20 @@ def test_uris_with_hosts_or_credentials_are_refused(uri):
 
 def test_file_uri_is_percent_decoded(tmp_path):
     assert open_uri(f"file://{tmp_path}/a%20b").path == f"{tmp_path}/a b"
+
+
+def test_unreachable_server_surfaces_as_oserror_on_both_backends(s3_loc, s3_server, monkeypatch):
+    """Callers (Book.read, the validator, later the job) handle OSError: s3fs's botocore
+    exceptions must not escape past the storage boundary."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore: fail fast instead of ~10 s of retries
+    s3_loc.write_bytes("x.bin", b"1")
+    fresh = open_uri(s3_loc.uri)
+    s3_server.stop()
+    try:
+        # Metadata calls (exists, listdir, deletes) are where s3fs lets botocore's
+        # EndpointConnectionError through; one suffices, s3fs retries each for ~8 s.
+        with pytest.raises(OSError) as ei:
+            fresh.exists("x.bin")
+        assert not type(ei.value).__module__.startswith("botocore")
+    finally:
+        s3_server.start()
