@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 __all__ = [
-    "AccountType", "SecurityKind", "IncomeTaxClass", "TradeSide", "FactorKind",
+    "AccountType", "SecurityKind", "IncomeTaxClass", "TradeSide", "TradeReason", "FactorKind",
     "TableSpec", "TABLES", "REFERENCE_TABLES", "HOUSEHOLD_TABLES", "table_spec",
     "bucket_of", "castable", "conform", "contract_markdown",
 ]
@@ -46,6 +46,17 @@ class IncomeTaxClass(enum.StrEnum):
 class TradeSide(enum.StrEnum):
     BUY = "buy"
     SELL = "sell"
+
+
+class TradeReason(enum.StrEnum):
+    """Why a trade was made (one per trade; the first that applies, in this order)."""
+    SCREEN = "screen"  # divesting a security a screen excludes
+    RESTRICTION = "restriction"  # selling a security the account may no longer buy
+    CASH = "cash"  # raising cash for a reserve (withdrawal)
+    TRANSITION = "transition"  # moving a legacy portfolio to its model
+    HARVEST = "harvest"  # a loss sold beyond the rebalance, or its replacement
+    DEPOSIT = "deposit"  # investing new money
+    REBALANCE = "rebalance"  # back toward target
 
 
 class FactorKind(enum.StrEnum):

@@ -1,0 +1,373 @@
+"""One household's data, checked, as arrays: the input of the household problem.
+
+:func:`split_households` turns one shard's Arrow tables (households, accounts, lots, recent
+trades) into :class:`Household` objects, and every account it cannot use into a
+:class:`Rejection` that names the account, the table, the row and the field. A household with
+one bad account is rejected whole: optimizing the rest of it would move money on a wrong
+picture of the household.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import BookDataError
+from .market import Market
+from .schema import AccountType, TradeSide
+
+__all__ = ["Accounts", "Lots", "RecentTrades", "Household", "Rejection", "split_households", "TAXABLE", "TRADITIONAL", "ROTH"]
+
+TAXABLE, TRADITIONAL, ROTH = 0, 1, 2
+_ACCOUNT_TYPE = {AccountType.TAXABLE.value: TAXABLE, AccountType.TRADITIONAL.value: TRADITIONAL, AccountType.ROTH.value: ROTH}
+
+
+@dataclass(frozen=True, eq=False)
+class Accounts:
+    """A household's accounts (A of them), arrays of shape (A,).
+
+    account_type : 0 taxable, 1 traditional, 2 roth. cash, deposit, reserve : USD.
+    screens : tuple of A tuples of screen ids. never_buy, never_sell : tuple of A arrays of
+    security positions. di_etf : position of the ETF to direct-index, -1 for none.
+    transition_start : datetime64[D], NaT without a transition.
+    """
+    account_id: np.ndarray
+    account_type: np.ndarray
+    model_id: np.ndarray
+    cash: np.ndarray
+    deposit: np.ndarray
+    reserve: np.ndarray
+    screens: tuple
+    never_buy: tuple
+    never_sell: tuple
+    di_etf: np.ndarray
+    min_trade: np.ndarray
+    fractional: np.ndarray
+    transition_years: np.ndarray
+    transition_start: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.account_id)
+
+
+@dataclass(frozen=True, eq=False)
+class Lots:
+    """Tax lots (L of them), arrays of shape (L,). ``account`` indexes the household's
+    accounts, ``security`` is a market position. Positions in IRAs are lots too."""
+    lot_id: np.ndarray
+    account: np.ndarray
+    security: np.ndarray
+    shares: np.ndarray
+    cost_basis: np.ndarray
+    acquired: np.ndarray  # datetime64[D]
+
+    def __len__(self) -> int:
+        return len(self.lot_id)
+
+
+@dataclass(frozen=True, eq=False)
+class RecentTrades:
+    """Trades of the last 31 days (wash-sale windows), arrays of shape (R,)."""
+    account: np.ndarray
+    security: np.ndarray
+    date: np.ndarray  # datetime64[D]
+    is_buy: np.ndarray
+    shares: np.ndarray
+    price: np.ndarray
+    realized_gain: np.ndarray  # NaN for buys
+
+    def __len__(self) -> int:
+        return len(self.account)
+
+
+@dataclass(frozen=True, eq=False)
+class Household:
+    """Everything the household problem needs about one household.
+
+    Rates are fractions; ``tax_budget`` is NaN when the household has no cap.
+    """
+    household_id: int
+    short_term_rate: float
+    long_term_rate: float
+    state_rate: float
+    ytd_realized_st: float
+    ytd_realized_lt: float
+    loss_carryforward_st: float
+    loss_carryforward_lt: float
+    tax_budget: float
+    fee_rate: float
+    tax_sensitivity: float
+    accounts: Accounts
+    lots: Lots
+    recent: RecentTrades
+    advisor_id: int = 0
+
+    @property
+    def n_accounts(self) -> int:
+        return len(self.accounts)
+
+    def value(self, market: Market) -> float:
+        """Holdings at the market's prices plus cash, USD."""
+        return float(np.sum(self.lots.shares * market.price[self.lots.security]) + np.sum(self.accounts.cash))
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An account that could not be processed, and why. ``table``, ``key`` and ``field``
+    point at the offending record (it may be another account of the same household)."""
+    account_id: int
+    household_id: int
+    reason: str
+    table: str
+    key: str
+    field: str
+
+    @classmethod
+    def of(cls, account_id: int, household_id: int, err: BookDataError, prefix: str = "") -> "Rejection":
+        return cls(int(account_id), int(household_id), prefix + str(err), err.table, err.key, err.field)
+
+
+def _col(t: pa.Table, name: str) -> np.ndarray:
+    return t[name].to_numpy(zero_copy_only=False)
+
+
+def _finite(x: float) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _group(keys: np.ndarray) -> dict[int, np.ndarray]:
+    """Row indices of each key, rows in their original order within a key."""
+    if len(keys) == 0:
+        return {}
+    order = np.argsort(keys, kind="stable")
+    k = keys[order]
+    cuts = np.flatnonzero(np.diff(k)) + 1
+    return {int(g[0]): idx for g, idx in zip(np.split(k, cuts), np.split(order, cuts))}
+
+
+def _household_checks(h: dict) -> None:
+    hid = h["household_id"]
+    key = f"household_id={hid}"
+    for f in ("short_term_rate", "long_term_rate", "state_rate"):
+        v = h[f]
+        if not _finite(v) or not 0.0 <= v < 1.0:
+            raise BookDataError("households", key, f, f"must be a rate in [0, 1) (got {v})")
+    for f in ("ytd_realized_st", "ytd_realized_lt"):
+        if not _finite(h[f]):
+            raise BookDataError("households", key, f, f"must be finite (got {h[f]})")
+    for f in ("loss_carryforward_st", "loss_carryforward_lt", "fee_rate", "tax_sensitivity"):
+        v = h[f]
+        if not _finite(v) or v < 0:
+            raise BookDataError("households", key, f, f"must be finite and >= 0 (got {v})")
+    b = h["tax_budget"]
+    if b is not None and (not math.isfinite(b) or b < 0):
+        raise BookDataError("households", key, "tax_budget", f"must be >= 0 or null (got {b})")
+
+
+def split_households(market: Market, tables: dict[str, pa.Table]) -> tuple[list[Household], list[Rejection]]:
+    """Households of one shard, and the accounts that cannot be processed.
+
+    ``tables`` holds the shard's ``households``, ``accounts``, ``lots`` and ``recent_trades``
+    (any number of buckets concatenated). Every account in ``accounts`` ends in exactly one of
+    the two outputs; accounts named by lots or trades but missing from ``accounts`` are
+    rejected too, so nothing in the shard is silently dropped.
+    """
+    H, A, Lt, R = (tables[n] for n in ("households", "accounts", "lots", "recent_trades"))
+    as_of = np.datetime64(market.as_of, "D")
+
+    hh_rows = H.to_pylist()
+    hh_by_id: dict[int, list[dict]] = {}
+    for r in hh_rows:
+        hh_by_id.setdefault(int(r["household_id"]), []).append(r)
+
+    acc_id = _col(A, "account_id").astype(np.int64)
+    acc_hh = _col(A, "household_id").astype(np.int64)
+    acc_rows = A.to_pylist()
+    acc_groups = _group(acc_hh)
+    lot_groups = _group(_col(Lt, "household_id").astype(np.int64)) if Lt.num_rows else {}
+    trade_groups = _group(_col(R, "household_id").astype(np.int64)) if R.num_rows else {}
+
+    lot_cols = {c: _col(Lt, c) for c in ("lot_id", "account_id", "security_id", "shares", "cost_basis")}
+    lot_acq = _col(Lt, "acquired").astype("datetime64[D]")
+    tr_cols = {c: _col(R, c) for c in ("trade_id", "account_id", "security_id", "shares", "price")}
+    tr_side = np.asarray(R["side"].to_pylist(), object)
+    tr_gain = R["realized_gain"].to_numpy(zero_copy_only=False).astype(float)
+    tr_date = _col(R, "trade_date").astype("datetime64[D]")
+
+    # Duplicate keys across the shard are errors of every household involved.
+    dup_lots = _duplicates(lot_cols["lot_id"])
+    dup_accounts = _duplicates(acc_id)
+
+    households: list[Household] = []
+    rejections: list[Rejection] = []
+    for hid in sorted(set(acc_groups) | set(lot_groups) | set(trade_groups) | set(hh_by_id)):
+        rows = acc_groups.get(hid, np.empty(0, np.int64))
+        ids = [int(acc_id[i]) for i in rows]
+        try:
+            hh = _build(market, as_of, hid, hh_by_id.get(hid), [acc_rows[i] for i in rows],
+                        lot_groups.get(hid), trade_groups.get(hid), lot_cols, lot_acq, tr_cols, tr_side, tr_gain,
+                        tr_date, dup_lots, dup_accounts)
+            households.append(hh)
+        except BookDataError as e:
+            named = set(ids)
+            # accounts named by lots/trades of this household but missing from accounts
+            for g, cols in ((lot_groups.get(hid), lot_cols), (trade_groups.get(hid), tr_cols)):
+                if g is not None:
+                    named |= {int(a) for a in cols["account_id"][g]}
+            if not named:
+                continue  # a household row with no account at all: nothing to reject
+            prefix = "" if len(named) == 1 else "household rejected whole: "
+            for a in sorted(named):
+                rejections.append(Rejection.of(a, hid, e, prefix))
+    return households, rejections
+
+
+def _duplicates(ids: np.ndarray) -> set[int]:
+    if len(ids) == 0:
+        return set()
+    u, c = np.unique(ids, return_counts=True)
+    return set(int(x) for x in u[c > 1])
+
+
+def _build(market, as_of, hid, hh_rows, acc_rows, lot_idx, tr_idx, lot_cols, lot_acq, tr_cols, tr_side, tr_gain,
+           tr_date, dup_lots, dup_accounts) -> Household:
+    if not acc_rows:
+        src = "lots" if lot_idx is not None else "recent_trades"
+        aid = int((lot_cols if src == "lots" else tr_cols)["account_id"][(lot_idx if src == "lots" else tr_idx)[0]])
+        raise BookDataError(src, f"account_id={aid}", "account_id", f"account {aid} of household {hid} is not in accounts")
+    if not hh_rows:
+        raise BookDataError("accounts", f"account_id={acc_rows[0]['account_id']}", "household_id",
+                            f"household {hid} is not in households")
+    if len(hh_rows) > 1:
+        raise BookDataError("households", f"household_id={hid}", "household_id", "duplicate household row")
+    h = hh_rows[0]
+    _household_checks(h)
+
+    acc_pos: dict[int, int] = {}
+    n = len(acc_rows)
+    types = np.empty(n, np.int64)
+    model = np.empty(n, np.int64)
+    cash, deposit, reserve, min_trade = (np.empty(n) for _ in range(4))
+    di = np.full(n, -1, np.int64)
+    frac = np.empty(n, bool)
+    ty = np.zeros(n, np.int64)
+    ts = np.full(n, np.datetime64("NaT"), "datetime64[D]")
+    screens, never_buy, never_sell = [], [], []
+    for j, a in enumerate(acc_rows):
+        aid = int(a["account_id"])
+        key = f"account_id={aid}"
+        if aid in dup_accounts:
+            raise BookDataError("accounts", key, "account_id", "duplicate account id")
+        acc_pos[aid] = j
+        t = _ACCOUNT_TYPE.get(a["account_type"])
+        if t is None:
+            raise BookDataError("accounts", key, "account_type", f"unknown account type {a['account_type']!r}")
+        types[j] = t
+        if a["model_id"] not in market.models:
+            raise BookDataError("accounts", key, "model_id", f"unknown model {a['model_id']}")
+        model[j] = a["model_id"]
+        for f, arr in (("cash", cash), ("deposit", deposit), ("cash_reserve", reserve), ("min_trade", min_trade)):
+            v = a[f]
+            if not _finite(v) or v < 0:
+                raise BookDataError("accounts", key, f, f"must be finite and >= 0 (got {v})")
+            arr[j] = v
+        for s in a["screens"] or ():
+            if s not in market.screens:
+                raise BookDataError("accounts", key, "screens", f"unknown screen {s!r}")
+        screens.append(tuple(a["screens"] or ()))
+        for f, out in (("never_buy", never_buy), ("never_sell", never_sell)):
+            p = market.pos(a[f] or [])
+            if (p < 0).any():
+                raise BookDataError("accounts", key, f, f"unknown security id {int(np.asarray(a[f])[p < 0][0])}")
+            out.append(p)
+        if a["direct_index_etf"] is not None:
+            p = int(market.pos([a["direct_index_etf"]])[0])
+            if p < 0 or market.index_of[p] < 0:
+                raise BookDataError("accounts", key, "direct_index_etf",
+                                    f"security {a['direct_index_etf']} is not an index ETF of the book")
+            di[j] = p
+        frac[j] = bool(a["fractional_shares"])
+        ty[j] = int(a["transition_years"] or 0)
+        if ty[j] < 0:
+            raise BookDataError("accounts", key, "transition_years", f"must be >= 0 (got {ty[j]})")
+        if ty[j] > 0:
+            if a["transition_start"] is None:
+                raise BookDataError("accounts", key, "transition_start", "required when transition_years > 0")
+            ts[j] = np.datetime64(a["transition_start"], "D")
+    accounts = Accounts(
+        account_id=np.array([a["account_id"] for a in acc_rows], np.int64), account_type=types, model_id=model,
+        cash=cash, deposit=deposit, reserve=reserve, screens=tuple(screens), never_buy=tuple(never_buy),
+        never_sell=tuple(never_sell), di_etf=di, min_trade=min_trade, fractional=frac, transition_years=ty,
+        transition_start=ts)
+
+    idx = lot_idx if lot_idx is not None else np.empty(0, np.int64)
+    l_acc_id = lot_cols["account_id"][idx].astype(np.int64)
+    l_sec = market.pos(lot_cols["security_id"][idx])
+    l_sh = lot_cols["shares"][idx].astype(float)
+    l_cb = lot_cols["cost_basis"][idx].astype(float)
+    l_acq = lot_acq[idx]
+    l_id = lot_cols["lot_id"][idx].astype(np.int64)
+    # Checks are vectorised (a direct-indexed household has thousands of lots); the first
+    # offending lot, in lot order, is the one reported.
+    with np.errstate(invalid="ignore"):
+        px = np.where(l_sec >= 0, market.price[np.maximum(l_sec, 0)], np.nan)
+        checks = (
+            (np.array([int(x) in dup_lots for x in l_id], bool) if dup_lots else np.zeros(len(idx), bool),
+             "lot_id", lambda i: "duplicate lot id"),
+            (~np.isin(l_acc_id, np.fromiter(acc_pos, np.int64, len(acc_pos))), "account_id",
+             lambda i: f"account {int(l_acc_id[i])} is not an account of household {hid}"),
+            (l_sec < 0, "security_id", lambda i: f"unknown security {int(lot_cols['security_id'][idx][i])}"),
+            (~(np.isfinite(px) & (px > 0)), "price", None),
+            (~(np.isfinite(l_sh) & (l_sh > 0)), "shares", lambda i: f"must be > 0 (got {l_sh[i]})"),
+            (~(np.isfinite(l_cb) & (l_cb >= 0)), "cost_basis", lambda i: f"must be finite and >= 0 (got {l_cb[i]})"),
+            (np.isnat(l_acq) | (l_acq > as_of), "acquired",
+             lambda i: f"must not be after the as-of date {as_of} (got {l_acq[i]})"),
+        )
+    for bad, fld, msg in checks:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[np.argmin(l_id[bad])])
+            if fld == "price":
+                raise BookDataError("securities", f"security_id={int(market.security_id[l_sec[i]])}", "price",
+                                    f"held in lot {int(l_id[i])} but has no price > 0 (got {px[i]})")
+            raise BookDataError("lots", f"lot_id={int(l_id[i])}", fld, msg(i))
+    order = np.argsort(l_id, kind="stable")
+    lots = Lots(lot_id=l_id[order], account=np.array([acc_pos[int(a)] for a in l_acc_id], np.int64)[order] if len(idx) else np.empty(0, np.int64),
+                security=l_sec[order], shares=l_sh[order], cost_basis=l_cb[order], acquired=l_acq[order])
+
+    tidx = tr_idx if tr_idx is not None else np.empty(0, np.int64)
+    t_acc_id = tr_cols["account_id"][tidx].astype(np.int64)
+    t_sec = market.pos(tr_cols["security_id"][tidx])
+    t_buy = np.empty(len(tidx), bool)
+    for i, r in enumerate(tidx):
+        key = f"trade_id={int(tr_cols['trade_id'][r])}"
+        if int(t_acc_id[i]) not in acc_pos:
+            raise BookDataError("recent_trades", key, "account_id", f"account {int(t_acc_id[i])} is not an account of household {hid}")
+        if t_sec[i] < 0:
+            raise BookDataError("recent_trades", key, "security_id", f"unknown security {int(tr_cols['security_id'][r])}")
+        side = tr_side[r]
+        if side not in (TradeSide.BUY.value, TradeSide.SELL.value):
+            raise BookDataError("recent_trades", key, "side", f"must be buy or sell (got {side!r})")
+        t_buy[i] = side == TradeSide.BUY.value
+        if not (math.isfinite(tr_cols["shares"][r]) and tr_cols["shares"][r] > 0):
+            raise BookDataError("recent_trades", key, "shares", f"must be > 0 (got {tr_cols['shares'][r]})")
+        if not t_buy[i] and not math.isfinite(tr_gain[r]):
+            raise BookDataError("recent_trades", key, "realized_gain", "a sell needs its realized gain")
+        if np.isnat(tr_date[r]) or tr_date[r] > as_of:
+            raise BookDataError("recent_trades", key, "trade_date", f"must not be after the as-of date {as_of}")
+    recent = RecentTrades(
+        account=np.array([acc_pos[int(a)] for a in t_acc_id], np.int64) if len(tidx) else np.empty(0, np.int64),
+        security=t_sec, date=tr_date[tidx], is_buy=t_buy, shares=tr_cols["shares"][tidx].astype(float),
+        price=tr_cols["price"][tidx].astype(float), realized_gain=np.where(t_buy, np.nan, tr_gain[tidx]))
+
+    budget = h["tax_budget"]
+    return Household(
+        household_id=int(hid), short_term_rate=float(h["short_term_rate"]), long_term_rate=float(h["long_term_rate"]),
+        state_rate=float(h["state_rate"]), ytd_realized_st=float(h["ytd_realized_st"]),
+        ytd_realized_lt=float(h["ytd_realized_lt"]), loss_carryforward_st=float(h["loss_carryforward_st"]),
+        loss_carryforward_lt=float(h["loss_carryforward_lt"]),
+        tax_budget=float(budget) if budget is not None else math.nan, fee_rate=float(h["fee_rate"]),
+        tax_sensitivity=float(h["tax_sensitivity"]), accounts=accounts, lots=lots, recent=recent,
+        advisor_id=int(h.get("advisor_id") or 0))

@@ -1,0 +1,197 @@
+"""The book's reference data as arrays: securities, models, indexes, screens and risk model.
+
+A :class:`Market` is built once per task from a book's reference tables and shared by every
+household the task solves. Securities are addressed by *position* (0..S-1, the row of the
+arrays), not by ``security_id``; :meth:`Market.pos` maps ids to positions.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import BookDataError
+from .riskmodel import RiskModel
+from .schema import IncomeTaxClass
+
+__all__ = ["Market"]
+
+ETF_RESIDUAL_FLOOR = 0.001 ** 2  # 0.1% a year: tracking difference of an index ETF to its index
+_TAX_CLASS = {IncomeTaxClass.QUALIFIED.value: 0, IncomeTaxClass.ORDINARY.value: 1, IncomeTaxClass.TAX_EXEMPT.value: 2}
+
+
+@dataclass(frozen=True, eq=False)
+class Market:
+    """Reference data of one as-of date.
+
+    security_id : ndarray (S,) int64, the book's ids, in row order.
+    symbol, kind, asset_class : ndarray (S,) of str.
+    price : ndarray (S,) USD/share at the as-of date (NaN where the book has none).
+    wash_group : ndarray (S,) int, a code per substantially-identical group.
+    index_of : ndarray (S,) int, code of the index an ETF tracks (into ``index_names``), -1 if none.
+    attributes : tuple of S frozensets of screen attributes.
+    yield_ : ndarray (S,) distribution yield; income_class : ndarray (S,) 0 qualified, 1 ordinary, 2 exempt.
+    spread : ndarray (S,) bid-ask spread as a fraction of price.
+    models : dict model_id -> (positions, weights).
+    indexes : tuple over index codes of (positions, weights); index_names : their ids.
+    screens : dict screen_id -> frozenset of attributes.
+    risk : RiskModel with rows in position order.
+    """
+    as_of: dt.date
+    security_id: np.ndarray
+    symbol: np.ndarray
+    kind: np.ndarray
+    asset_class: np.ndarray
+    price: np.ndarray
+    wash_group: np.ndarray
+    wash_group_names: tuple[str, ...]
+    index_of: np.ndarray
+    index_names: tuple[str, ...]
+    indexes: tuple[tuple[np.ndarray, np.ndarray], ...]
+    attributes: tuple[frozenset, ...]
+    yield_: np.ndarray
+    income_class: np.ndarray
+    spread: np.ndarray
+    models: dict
+    model_names: dict
+    screens: dict
+    risk: RiskModel
+    _pos: np.ndarray  # security_id -> position, -1 where unknown
+
+    @property
+    def n(self) -> int:
+        return len(self.security_id)
+
+    def pos(self, security_ids) -> np.ndarray:
+        """Positions of ``security_ids``; -1 for ids the book does not have."""
+        ids = np.asarray(security_ids, dtype=np.int64)
+        out = np.full(ids.shape, -1, np.int64)
+        ok = (ids >= 0) & (ids < len(self._pos))
+        out[ok] = self._pos[ids[ok]]
+        return out
+
+    def screened(self, screen_ids) -> np.ndarray:
+        """Mask (S,) of securities excluded by any of ``screen_ids``.
+
+        An unknown screen raises KeyError (the caller names the account)."""
+        attrs: set[str] = set()
+        for s in screen_ids:
+            attrs |= self.screens[s]
+        if not attrs:
+            return np.zeros(self.n, bool)
+        return np.fromiter((bool(a & attrs) for a in self.attributes), bool, self.n)
+
+    def lookthrough(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Risk look-through of securities at ``positions`` (a household's securities).
+
+        An index ETF is its index's constituents plus a residual of its own (tracking
+        difference); any other security is itself. Returns ``(assets, L, d)``: the positions
+        of the m risk assets (a residual uses its ETF's position, negated minus one),
+        L ndarray (n, m) with ``risk weight of assets = L' w``, and d (m,) their specific
+        variances, so the specific variance of holdings w is ``sum(d * (L' w)**2)``.
+        """
+        positions = np.asarray(positions, np.int64)
+        cols: dict[int, int] = {}
+        entries: list[tuple[int, int, float]] = []
+
+        def col(key: int) -> int:
+            if key not in cols:
+                cols[key] = len(cols)
+            return cols[key]
+
+        for r, p in enumerate(positions):
+            ix = self.index_of[p]
+            if ix >= 0:
+                members, weights = self.indexes[ix]
+                for m, w in zip(members, weights):
+                    entries.append((r, col(int(m)), float(w)))
+                entries.append((r, col(-int(p) - 1), 1.0))
+            else:
+                entries.append((r, col(int(p)), 1.0))
+        assets = np.fromiter(cols.keys(), np.int64, len(cols))
+        L = np.zeros((len(positions), len(cols)))
+        for r, c, w in entries:
+            L[r, c] += w
+        own = np.where(assets >= 0, assets, -assets - 1)
+        d = self.risk.specific_var[own].copy()
+        # An ETF's residual is the part of its specific variance its constituents' specific
+        # risk does not explain (the risk model estimated it on the ETF's own returns).
+        for c in np.flatnonzero(assets < 0):
+            p = int(own[c])
+            members, weights = self.indexes[self.index_of[p]]
+            explained = float(np.sum(np.asarray(weights) ** 2 * self.risk.specific_var[members]))
+            d[c] = max(d[c] - explained, ETF_RESIDUAL_FLOOR)
+        return assets, L, d
+
+    @classmethod
+    def from_tables(cls, tables: dict[str, pa.Table], as_of: dt.date) -> "Market":
+        """Build from a book's reference tables (``Book.read`` of each)."""
+        sec = tables["securities"]
+        ids = sec["security_id"].to_numpy().astype(np.int64)
+        if len(ids) == 0:
+            raise BookDataError("securities", "*", "security_id", "the book has no securities")
+        if np.unique(ids).size != ids.size or ids.min() < 0:
+            raise BookDataError("securities", "*", "security_id", "security ids must be unique and >= 0")
+        pos = np.full(int(ids.max()) + 1, -1, np.int64)
+        pos[ids] = np.arange(len(ids))
+        price = sec["price"].to_numpy(zero_copy_only=False).astype(float)
+        wash = sec["wash_group"].to_pylist()
+        wash_names = tuple(sorted(set(wash)))
+        wcode = {g: i for i, g in enumerate(wash_names)}
+
+        cons = tables["index_constituents"]
+        c_idx = cons["index_id"].to_pylist()
+        c_pos = pos_of(pos, cons["security_id"].to_numpy())
+        c_w = cons["weight"].to_numpy()
+        index_names = tuple(sorted(set(c_idx)))
+        icode = {g: i for i, g in enumerate(index_names)}
+        c_code = np.array([icode[g] for g in c_idx], np.int64)
+        indexes = tuple((c_pos[c_code == i], c_w[c_code == i]) for i in range(len(index_names)))
+        index_of = np.array([icode.get(x, -1) if x is not None else -1 for x in sec["index_id"].to_pylist()], np.int64)
+
+        mt = tables["models"]
+        m_id = mt["model_id"].to_numpy()
+        m_pos = pos_of(pos, mt["security_id"].to_numpy())
+        m_w = mt["weight"].to_numpy()
+        names = mt["model_name"].to_pylist()
+        models, model_names = {}, {}
+        for mid in np.unique(m_id):
+            sel = np.flatnonzero(m_id == mid)
+            models[int(mid)] = (m_pos[sel], m_w[sel])
+            model_names[int(mid)] = names[sel[0]]
+
+        screens: dict[str, set] = {}
+        st = tables["screens"]
+        for s, a in zip(st["screen_id"].to_pylist(), st["attribute"].to_pylist()):
+            screens.setdefault(s, set()).add(a)
+
+        rm = RiskModel.from_tables(tables["risk_factors"], tables["risk_covariance"],
+                                   tables["risk_exposures"], tables["risk_specific"])
+        # Rows of the risk model by security id -> rows by position.
+        n_rm = rm.exposures.shape[0]
+        take = np.where(ids < n_rm, ids, 0)
+        X = np.where((ids < n_rm)[:, None], rm.exposures[take], 0.0)
+        d = np.where(ids < n_rm, rm.specific_var[take], np.nan)
+        risk = RiskModel(rm.factor_names, rm.factor_kinds, X, rm.factor_cov, d)
+
+        return cls(
+            as_of=as_of, security_id=ids, symbol=np.asarray(sec["symbol"].to_pylist(), object),
+            kind=np.asarray(sec["kind"].to_pylist(), object), asset_class=np.asarray(sec["asset_class"].to_pylist(), object),
+            price=price, wash_group=np.array([wcode[g] for g in wash], np.int64), wash_group_names=wash_names,
+            index_of=index_of, index_names=index_names, indexes=indexes,
+            attributes=tuple(frozenset(a or ()) for a in sec["attributes"].to_pylist()),
+            yield_=sec["yield"].to_numpy().astype(float),
+            income_class=np.array([_TAX_CLASS[c] for c in sec["income_tax_class"].to_pylist()], np.int64),
+            spread=sec["spread"].to_numpy().astype(float), models=models, model_names=model_names,
+            screens={k: frozenset(v) for k, v in screens.items()}, risk=risk, _pos=pos,
+        )
+
+
+def pos_of(pos: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    ids = np.asarray(ids, np.int64)
+    out = np.full(ids.shape, -1, np.int64)
+    ok = (ids >= 0) & (ids < len(pos))
+    out[ok] = pos[ids[ok]]
+    return out

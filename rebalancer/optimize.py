@@ -1,0 +1,451 @@
+"""Rebalance one household: build, solve, settle wash-sale directions, round, measure.
+
+:func:`rebalance_household` is what a shard task calls per household. It returns a
+:class:`HouseholdResult` (trades with reasons, status, objective, residuals, timings,
+tracking error before and after, realized gains and losses, tax, the naive counterfactual's
+tax and the taxes saved or deferred) or raises:
+
+- :class:`~rebalancer.errors.BookDataError` for data that make the household meaningless;
+- :class:`HouseholdInfeasible` when no trades satisfy the hard rules;
+- :class:`SolverFailure` when the solver fails.
+
+Nothing is silently held: a caller records the error as the household's rejection reason.
+
+Two parts of the problem are not convex and are settled around the convex solves:
+
+- **in-run wash-sale exclusivity** (never buy a group and sell a lot of it at a loss in one
+  run): the first solve may do both; each such group then gets a direction, *sell* (harvest
+  the losses, block the group's buys; substitutes take the exposure) when its loss sales are
+  at least its buys, else *buy* (no loss sales), and the problem is solved again with those
+  directions until no group conflicts. When the naive rebalance's own trades obey every rule,
+  the directions they imply are solved too and the better objective kept, so the optimizer
+  is never worse than the naive rebalance it is measured against;
+- **tax budget**: if the budget cannot be met (forced divestment or a cash reserve must
+  realize more gain), the smallest achievable gain is found by a linear program and used as
+  the budget; the household's status says ``budget_exceeded`` and by how much.
+"""
+from __future__ import annotations
+
+import enum
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import scipy.optimize as so
+import scipy.sparse as sp
+
+from .errors import OptimizationError
+from .household import TAXABLE, Household
+from .market import Market
+from .naive import NaiveRebalance, naive_rebalance
+from .postprocess import LotTax, Orders, orders_to_x, round_solution
+from .problem import HouseholdProblem, VarKind, build_problem
+from .reference import solve_reference
+from .schema import TradeReason
+from .settings import OptimizerSettings
+from .solution import SolveResult, SolveStatus
+from .targets import account_values, household_target
+from .taxlots import days_to_long_term, is_long_term, lot_rates, wait_priced_rates
+from .washsale import wash_state
+
+__all__ = ["HouseholdStatus", "Trades", "HouseholdResult", "HouseholdInfeasible", "SolverFailure",
+           "rebalance_household", "lot_tax"]
+
+Solver = Callable[[HouseholdProblem, float], SolveResult]
+_TRADE_TOL = 1e-7  # units of V: below this a trade is solver noise
+
+
+class HouseholdInfeasible(OptimizationError):
+    """No trades satisfy the household's hard rules (cash reserve, never-sell, divestment)."""
+
+    def __init__(self, household_id: int, message: str):
+        self.household_id = household_id
+        super().__init__(f"household {household_id}: infeasible: {message}")
+
+
+class SolverFailure(OptimizationError):
+    """The solver did not converge or failed numerically."""
+
+    def __init__(self, household_id: int, solver: str, message: str):
+        self.household_id, self.solver = household_id, solver
+        super().__init__(f"household {household_id}: solver {solver} failed: {message}")
+
+
+class HouseholdStatus(enum.StrEnum):
+    OPTIMAL = "optimal"
+    OPTIMAL_INACCURATE = "optimal_inaccurate"
+    BUDGET_EXCEEDED = "budget_exceeded"  # hard rules needed more gain than the budget allowed
+
+
+@dataclass(frozen=True, eq=False)
+class Trades:
+    """Orders of one household, arrays (T,). ``account`` indexes the household's accounts,
+    ``security`` is a market position, ``lot`` a household lot index (-1 for buys).
+    realized_gain : USD (sells; 0 for buys); long_term : the sale is long-term;
+    loss_disallowed : a loss that wash-sale rules disallow; reason : TradeReason values."""
+    account: np.ndarray
+    security: np.ndarray
+    lot: np.ndarray
+    is_buy: np.ndarray
+    shares: np.ndarray
+    price: np.ndarray
+    value: np.ndarray
+    realized_gain: np.ndarray
+    long_term: np.ndarray
+    loss_disallowed: np.ndarray
+    reason: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.account)
+
+
+@dataclass(frozen=True, eq=False)
+class HouseholdResult:
+    """One household's run. Money in USD; tracking errors are annual volatilities.
+
+    objective : of the rounded trades; objective_continuous : of the convex solution;
+    rounding_cost : their difference. naive_objective : of the naive trades, in the same
+    objective; naive_feasible : those trades obey every rule of the problem (then
+    objective_continuous <= naive_objective up to solver tolerance). taxes_saved : naive_tax - tax (DESIGN section 6), split
+    into harvest_value (extra losses), deferral_value (gains not realized) and wait_value
+    (short-term gains left to turn long-term). timings : seconds per stage.
+    """
+    household_id: int
+    status: HouseholdStatus
+    solver: str
+    value: float
+    trades: Trades
+    objective: float
+    objective_continuous: float
+    rounding_cost: float
+    naive_objective: float
+    naive_feasible: bool
+    primal_residual: float
+    dual_residual: float
+    iterations: int
+    solves: int
+    te_before: float
+    te_after: float
+    te_naive: float
+    realized_st_gain: float
+    realized_st_loss: float
+    realized_lt_gain: float
+    realized_lt_loss: float
+    disallowed_loss: float
+    tax: float
+    naive_tax: float
+    taxes_saved: float
+    harvest_value: float
+    deferral_value: float
+    wait_value: float
+    budget_room: float
+    budget_overrun: float
+    bought: float
+    sold: float
+    fee: float
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def turnover(self) -> float:
+        return (self.bought + self.sold) / self.value if self.value else 0.0
+
+
+def lot_tax(market: Market, hh: Household, date) -> LotTax:
+    """Per-lot tax facts of ``hh`` for a run on ``date``."""
+    lots, acc = hh.lots, hh.accounts
+    price = market.price[lots.security]
+    value = lots.shares * price
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.where(price > 0, 1.0 - lots.cost_basis / price, 0.0)
+    lt = is_long_term(lots.acquired, date)
+    rate = lot_rates(lt, hh.short_term_rate, hh.long_term_rate, hh.state_rate)
+    priced = wait_priced_rates(rate, gain, days_to_long_term(lots.acquired, date),
+                               hh.short_term_rate, hh.long_term_rate, hh.state_rate)
+    disallowed = wash_state(market, hh, date).loss_disallowed & (gain < 0)
+    return LotTax(price=price, value=value, gain=gain, long_term=lt, rate=rate, priced=priced,
+                  disallowed=disallowed, g_eff=np.where(disallowed, 0.0, gain),
+                  taxable=acc.account_type[lots.account] == TAXABLE)
+
+
+def rebalance_household(market: Market, hh: Household, settings: OptimizerSettings | None = None,
+                        solver: Solver | None = None, date=None) -> HouseholdResult:
+    """Rebalance household ``hh`` (see the module docstring)."""
+    settings = settings or OptimizerSettings()
+    solve = solver or solve_reference
+    date = np.datetime64(date if date is not None else market.as_of, "D")
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    p0 = build_problem(market, hh, settings, date)
+    lt = lot_tax(market, hh, date)
+    _, _, account_targets = household_target(market, hh)
+    naive = naive_rebalance(market, hh, p0, account_targets, lt.disallowed)
+    timings["build"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    solves = 0
+    p = p0
+    status = HouseholdStatus.OPTIMAL
+    r = solve(p, settings.solver_tolerance)
+    solves += 1
+    if r.status == SolveStatus.INFEASIBLE:
+        p, r, extra = _relax_budget(p, solve, settings)
+        solves += extra
+        status = HouseholdStatus.BUDGET_EXCEEDED
+    _check(p, r)
+
+    best_p, best = _settle_directions(p, r, solve, settings, {})
+    solves += best.extra.get("solves", 0)
+    naive_ok = max(p.violation(naive.x).values()) <= 1e-9 and not _conflicts(p, naive.x)
+    if naive_ok:
+        # The directions the naive trades imply, completed by the first solve's for groups
+        # the naive leaves alone; solved only when they differ from the ones chosen.
+        modes = {**_directions(p, r.x), **_naive_modes(p, naive.x)}
+        modes = {g: m for g, m in modes.items() if g in _directions(p, r.x) or g in _naive_modes(p, naive.x)}
+        chosen = best.extra.get("modes", {})
+        if _conflicts(p, r.x) and any(chosen.get(g) != m for g, m in modes.items()):
+            q = p.restrict(_mode_mask(p, modes))
+            cand = solve(q, settings.solver_tolerance)
+            solves += 1
+            if cand.status.usable and not _conflicts(q, cand.x) and cand.objective < best.objective:
+                best_p, best = q, cand
+    if best.status == SolveStatus.OPTIMAL_INACCURATE and status == HouseholdStatus.OPTIMAL:
+        status = HouseholdStatus.OPTIMAL_INACCURATE
+    timings["solve"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    orders = round_solution(market, hh, best_p, best.x, lt, settings.min_weight)
+    x_round = orders_to_x(best_p, hh, lt, orders)
+    trades = _trades(market, hh, best_p, orders, lt, account_targets)
+    timings["postprocess"] = time.perf_counter() - t
+
+    V = p0.value
+    obj_round = best_p.objective(x_round) * V
+    obj_cont = best.objective * V
+    sells = ~trades.is_buy
+    allowed = sells & ~trades.loss_disallowed
+    g = trades.realized_gain
+    st_gain = float(np.sum(g[allowed & ~trades.long_term & (g > 0)]))
+    st_loss = float(np.sum(g[allowed & ~trades.long_term & (g < 0)]))
+    lt_gain = float(np.sum(g[allowed & trades.long_term & (g > 0)]))
+    lt_loss = float(np.sum(g[allowed & trades.long_term & (g < 0)]))
+    split = _tax_split(hh, lt, orders, naive, date)
+    tax = split["tax"]
+    realized_run = float(np.sum(np.where(lt.taxable, orders.sold * lt.price * lt.g_eff, 0.0)))
+    room = best_p.budget * V
+    overrun = max(realized_run - p0.budget * V, 0.0) if math.isfinite(p0.budget) else 0.0
+    return HouseholdResult(
+        household_id=hh.household_id, status=status, solver=best.solver, value=V, trades=trades,
+        objective=obj_round, objective_continuous=obj_cont, rounding_cost=obj_round - obj_cont,
+        naive_objective=p0.objective(naive.x) * V, naive_feasible=naive_ok, primal_residual=best.primal_residual * V,
+        dual_residual=best.dual_residual * V, iterations=best.iterations, solves=solves,
+        te_before=math.sqrt(max(p0.tracking_variance(p0.w0), 0.0)),
+        te_after=math.sqrt(max(p0.tracking_variance(p0.weights_after(x_round)), 0.0)),
+        te_naive=math.sqrt(max(p0.tracking_variance(p0.weights_after(naive.x)), 0.0)),
+        realized_st_gain=st_gain, realized_st_loss=st_loss, realized_lt_gain=lt_gain, realized_lt_loss=lt_loss,
+        disallowed_loss=float(np.sum(g[sells & trades.loss_disallowed & (g < 0)])),
+        tax=tax, naive_tax=split["naive_tax"], taxes_saved=split["naive_tax"] - tax,
+        harvest_value=split["harvest"], deferral_value=split["deferral"], wait_value=split["wait"],
+        budget_room=room if math.isfinite(room) else math.inf, budget_overrun=overrun,
+        bought=float(np.sum(trades.value[trades.is_buy])), sold=float(np.sum(trades.value[sells])),
+        fee=hh.fee_rate * V, timings=timings)
+
+
+def _check(p: HouseholdProblem, r: SolveResult) -> None:
+    if r.status == SolveStatus.INFEASIBLE:
+        raise HouseholdInfeasible(p.household_id, "no trades satisfy the cash reserves, never-sell lists and "
+                                  "forced divestments together")
+    if not r.status.usable:
+        raise SolverFailure(p.household_id, r.solver, r.message or str(r.status))
+
+
+def _relax_budget(p: HouseholdProblem, solve: Solver, settings: OptimizerSettings):
+    """Smallest realizable gain under the other hard rules (an LP), then re-solve with it."""
+    N = p.n_vars
+    C = p.cash_matrix()
+    ub = np.where(np.isfinite(p.ub), p.ub, None)
+    lp = so.linprog(p.gain, A_ub=C, b_ub=p.cash_rhs, bounds=list(zip(p.lb, ub)), method="highs")
+    if lp.status == 2:
+        raise HouseholdInfeasible(p.household_id, "no trades satisfy the cash reserves, never-sell lists and forced "
+                                  "divestments together")
+    if lp.status != 0:
+        raise SolverFailure(p.household_id, "highs", f"budget feasibility LP: {lp.message}")
+    g_min = float(lp.fun)
+    if g_min <= p.budget + 1e-12:
+        # The budget is not what makes it infeasible: let the solver say what it says.
+        r = solve(p, settings.solver_tolerance)
+        return p, r, 1
+    q = p.with_budget(g_min + 1e-9 + 1e-7 * abs(g_min))
+    return q, solve(q, settings.solver_tolerance), 1
+
+
+def _group_flows(p: HouseholdProblem, x: np.ndarray) -> tuple[dict, dict]:
+    buys, losses = {}, {}
+    for j in np.flatnonzero(x > _TRADE_TOL):
+        g = int(p.wash_group[j])
+        if p.kind[j] == VarKind.BUY:
+            buys[g] = buys.get(g, 0.0) + x[j]
+        elif p.loss_sale[j]:
+            losses[g] = losses.get(g, 0.0) + x[j]
+    return buys, losses
+
+
+def _conflicts(p: HouseholdProblem, x: np.ndarray) -> dict[int, str]:
+    """Groups both bought and sold at a loss by ``x``, with the direction to give them."""
+    buys, losses = _group_flows(p, x)
+    return {g: ("sell" if losses[g] >= buys[g] else "buy") for g in buys.keys() & losses.keys()}
+
+
+def _mode_mask(p: HouseholdProblem, modes: dict[int, str]) -> np.ndarray:
+    """Variables a direction fixes at 0: buys of 'sell' groups, loss sales of 'buy' groups."""
+    sell = np.isin(p.wash_group, [g for g, m in modes.items() if m == "sell"])
+    buy = np.isin(p.wash_group, [g for g, m in modes.items() if m == "buy"])
+    return ((p.kind == VarKind.BUY) & sell) | (p.loss_sale & buy & (p.lb <= 0))
+
+
+def _naive_modes(p: HouseholdProblem, x: np.ndarray) -> dict[int, str]:
+    buys, losses = _group_flows(p, x)
+    modes = {g: "buy" for g in buys}
+    modes.update({g: "sell" for g in losses})
+    return modes
+
+
+def _directions(p: HouseholdProblem, x: np.ndarray) -> dict[int, str]:
+    """A direction for every group the problem could both buy and sell at a loss, from ``x``:
+    a group with a forced loss sale: sell; a conflicting group by its larger flow (ties:
+    sell, i.e. harvest); a group ``x`` only
+    buys, or only sells at a loss, keeps what ``x`` does; an untouched one by its active
+    weight after ``x`` (underweight: buy)."""
+    open_ = p.ub > 0
+    can_buy = set(np.unique(p.wash_group[(p.kind == VarKind.BUY) & open_]).tolist())
+    can_loss = set(np.unique(p.wash_group[p.loss_sale & open_]).tolist())
+    forced_loss = set(np.unique(p.wash_group[p.loss_sale & (p.lb > 0)]).tolist())
+    groups = can_buy & can_loss
+    if not groups:
+        return {}
+    buys, losses = _group_flows(p, x)
+    active = p.weights_after(x) - p.target
+    sec_group = np.full(len(p.securities), -1, np.int64)
+    sec_group[p.security] = p.wash_group
+    modes = {}
+    for g in groups:
+        b, l = buys.get(g, 0.0), losses.get(g, 0.0)
+        if g in forced_loss:
+            modes[g] = "sell"  # a forced loss sale (divestment): the group cannot be bought
+        elif b > 0 or l > 0:
+            modes[g] = "sell" if l >= b else "buy"
+        else:
+            modes[g] = "buy" if float(np.sum(active[sec_group == g])) < 0 else "sell"
+    return modes
+
+
+def _settle_directions(p: HouseholdProblem, r: SolveResult, solve: Solver, settings: OptimizerSettings,
+                       modes: dict[int, str]) -> tuple[HouseholdProblem, SolveResult]:
+    """If ``r`` buys a group and sells it at a loss, give every group that could do both a
+    direction (:func:`_directions`, ``modes`` first) and solve once more: the result cannot
+    conflict. Two solves at most."""
+    _check(p, r)
+    if not _conflicts(p, r.x):
+        r.extra.update(modes=dict(modes), solves=0)
+        return p, r
+    fixed = {**_directions(p, r.x), **modes}
+    q = p.restrict(_mode_mask(p, fixed))
+    r2 = solve(q, settings.solver_tolerance)
+    _check(q, r2)
+    if _conflicts(q, r2.x):  # cannot happen: every group that could conflict has a direction
+        raise SolverFailure(p.household_id, r2.solver, "wash-sale directions did not settle")
+    r2.extra.update(modes=fixed, solves=1)
+    return q, r2
+
+
+def _tax_split(hh: Household, lt: LotTax, orders: Orders, naive: NaiveRebalance, date) -> dict[str, float]:
+    """Tax of the optimized and the naive trades and the section-6 split of the difference.
+
+    harvest: tax benefit of the optimizer's losses minus the naive's; the gains part (naive
+    gain tax minus optimized gain tax) splits into wait (short-term gains the naive sold and
+    the optimizer kept, at the rate difference) and deferral (the rest).
+    """
+    sold_value = orders.sold * lt.price
+    taxable = lt.taxable
+    opt_disallowed = lt.disallowed  # the optimizer never buys a group it sells at a loss
+    opt_g = np.where(opt_disallowed, np.maximum(lt.gain, 0.0), lt.gain)
+    nv_g = np.where(naive.loss_disallowed, np.maximum(lt.gain, 0.0), lt.gain)
+    opt = np.where(taxable, sold_value * opt_g * lt.rate, 0.0)
+    nv = np.where(taxable, naive.lot_sold * nv_g * lt.rate, 0.0)
+    gain_part = float(np.sum(np.where(nv > 0, nv, 0.0)) - np.sum(np.where(opt > 0, opt, 0.0)))
+    harvest = float(-np.sum(np.where(opt < 0, opt, 0.0)) + np.sum(np.where(nv < 0, nv, 0.0)))
+    t_st = hh.short_term_rate + hh.state_rate
+    t_lt = hh.long_term_rate + hh.state_rate
+    kept = np.maximum(naive.lot_sold - sold_value, 0.0)
+    wait = float(np.sum(np.where(taxable & ~lt.long_term & (lt.gain > 0), kept * lt.gain * (t_st - t_lt), 0.0)))
+    wait = min(max(wait, 0.0), max(gain_part, 0.0))
+    return {"tax": float(np.sum(opt)), "naive_tax": float(np.sum(nv)), "harvest": harvest,
+            "deferral": gain_part - wait, "wait": wait}
+
+
+def _trades(market: Market, hh: Household, p: HouseholdProblem, orders: Orders, lt: LotTax,
+            account_targets: list) -> Trades:
+    acc, lots = hh.accounts, hh.lots
+    V = p.value
+    # Post-trade household weights, to tell a harvest from a rebalance.
+    w_after = p.w0.copy()
+    loc = np.searchsorted(p.securities, lots.security)
+    np.add.at(w_after, loc, -orders.sold * lt.price / V)
+    w_after += (orders.buys * p.price).sum(axis=0) / V
+    below_target = w_after < p.target - 1e-9
+    above_target = w_after > p.target + 1e-9
+
+    rows = []
+    order = np.lexsort((lots.lot_id, lots.account))
+    harvested = False
+    for a in range(hh.n_accounts):
+        excluded = market.screened(acc.screens[a])
+        never_buy = set(acc.never_buy[a].tolist())
+        target_pos = set(account_targets[a][0].tolist())
+        in_transition = acc.transition_years[a] > 0 and (p.date - acc.transition_start[a]).astype(np.int64) < 365.25 * acc.transition_years[a]
+        cash_need = max(acc.reserve[a] - acc.cash[a], 0.0)
+        sell_ls = [l for l in order if lots.account[l] == a and orders.sold[l] > 0]
+        # Cash-raising sales: the cheapest first, up to the shortfall.
+        for l in sorted(sell_ls, key=lambda l: (lt.priced[l] * lt.g_eff[l] if lt.taxable[l] else 0.0)):
+            s = int(lots.security[l])
+            v = orders.sold[l] * lt.price[l]
+            if excluded[s]:
+                reason = TradeReason.SCREEN
+            elif s in never_buy:
+                reason = TradeReason.RESTRICTION
+            elif cash_need > 1e-6:
+                reason = TradeReason.CASH
+                cash_need -= v
+            elif in_transition and s not in target_pos:
+                reason = TradeReason.TRANSITION
+            elif lt.taxable[l] and lt.gain[l] < 0 and not lt.disallowed[l] and (below_target[loc[l]] or p.target[loc[l]] == 0):
+                reason = TradeReason.HARVEST
+                harvested = True
+            else:
+                reason = TradeReason.REBALANCE
+            rows.append((a, s, int(l), False, orders.sold[l], lt.price[l], v,
+                         v * lt.gain[l] if lt.taxable[l] else 0.0, bool(lt.long_term[l]),
+                         bool(lt.taxable[l] and lt.disallowed[l] and lt.gain[l] < 0), reason.value))
+    for a in range(hh.n_accounts):
+        in_transition = acc.transition_years[a] > 0 and (p.date - acc.transition_start[a]).astype(np.int64) < 365.25 * acc.transition_years[a]
+        deposit_left = acc.deposit[a]
+        for i in np.flatnonzero(orders.buys[a] > 0):
+            v = orders.buys[a, i] * p.price[i]
+            if deposit_left > 1e-6:
+                reason = TradeReason.DEPOSIT
+                deposit_left -= v
+            elif in_transition:
+                reason = TradeReason.TRANSITION
+            elif harvested and above_target[i]:
+                reason = TradeReason.HARVEST
+            else:
+                reason = TradeReason.REBALANCE
+            rows.append((a, int(p.securities[i]), -1, True, orders.buys[a, i], p.price[i], v, 0.0, False, False,
+                         reason.value))
+    cols = list(zip(*rows)) if rows else [()] * 11
+    return Trades(
+        account=np.array(cols[0], np.int64), security=np.array(cols[1], np.int64), lot=np.array(cols[2], np.int64),
+        is_buy=np.array(cols[3], bool), shares=np.array(cols[4], float), price=np.array(cols[5], float),
+        value=np.array(cols[6], float), realized_gain=np.array(cols[7], float), long_term=np.array(cols[8], bool),
+        loss_disallowed=np.array(cols[9], bool), reason=np.array(cols[10], object))

@@ -1,0 +1,237 @@
+"""From the convex solution to orders: whole shares, minimum trade size, budget and cash repair.
+
+The convex problem trades dollars; an order is shares of one lot (sells) or of one security
+in one account (buys). In this order:
+
+1. **shares**: a lot sold almost in full is sold in full (fractional remainder included);
+   otherwise sells round *down* to whole shares and buys to the *nearest* share, unless the
+   account allows fractional shares (then 1e-6 share). A sale of a position in a traditional
+   or Roth account is taken from its lots first-in-first-out (no tax there);
+2. **minimum trade**: an (account, security, side) trade worth less than the account's
+   ``min_trade`` is dropped, unless it is forced (divestment) or closes the position;
+3. **budget repair**: if rounding pushed the run's realized gains over the budget, sales of
+   the lots with the largest gain per share are cut, share by share;
+4. **cash repair**: an account whose cash after trades fell under its reserve first cuts its
+   largest buys, then sells more of its cheapest-to-sell lots (never a loss lot of a group it
+   buys, never a never-sell position).
+
+The objective of the result minus that of the convex solution is the cost of rounding,
+reported with every household.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .household import TAXABLE, Household
+from .market import Market
+from .problem import HouseholdProblem, VarKind
+from .taxlots import fifo_order
+
+__all__ = ["Orders", "LotTax", "round_solution", "orders_to_x"]
+
+_SHARE_EPS = 1e-9
+
+
+@dataclass(frozen=True, eq=False)
+class LotTax:
+    """Per-lot tax facts of a household at the run date, arrays (L,).
+
+    price : USD/share; value : USD; gain : gain per dollar (1 - basis/price); long_term : bool;
+    rate : the lot's own rate; priced : the optimizer's rate (wait pricing);
+    disallowed : a loss on it gets no benefit (wash sale); g_eff : gain per dollar counted for
+    tax and budget (0 for a disallowed loss); taxable : the lot is in a taxable account.
+    """
+    price: np.ndarray
+    value: np.ndarray
+    gain: np.ndarray
+    long_term: np.ndarray
+    rate: np.ndarray
+    priced: np.ndarray
+    disallowed: np.ndarray
+    g_eff: np.ndarray
+    taxable: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Orders:
+    """sold : (L,) shares sold of each lot. buys : (A, n) shares bought per account and
+    problem security. forced : (L,) lots whose sale is forced (divestment)."""
+    sold: np.ndarray
+    buys: np.ndarray
+    forced: np.ndarray
+
+
+def orders_to_x(p: HouseholdProblem, hh: Household, lt: LotTax, orders: Orders) -> np.ndarray:
+    """The problem point (units of V) of ``orders``, to evaluate the objective after rounding."""
+    x = np.zeros(p.n_vars)
+    sold_value = orders.sold * lt.price
+    for j in np.flatnonzero(p.kind == VarKind.LOT_SELL):
+        x[j] = sold_value[p.lot[j]] / p.value
+    pos = p.kind == VarKind.POSITION_SELL
+    if pos.any():
+        key = hh.lots.account.astype(np.int64) * (len(p.securities) + 1) + np.searchsorted(p.securities, hh.lots.security)
+        per = {}
+        for l in np.flatnonzero(~lt.taxable & (orders.sold > 0)):
+            per[int(key[l])] = per.get(int(key[l]), 0.0) + sold_value[l]
+        for j in np.flatnonzero(pos):
+            x[j] = per.get(int(p.account[j]) * (len(p.securities) + 1) + int(p.security[j]), 0.0) / p.value
+    for j in np.flatnonzero(p.kind == VarKind.BUY):
+        x[j] = orders.buys[p.account[j], p.security[j]] * p.price[p.security[j]] / p.value
+    return x
+
+
+def round_solution(market: Market, hh: Household, p: HouseholdProblem, x: np.ndarray, lt: LotTax,
+                   min_weight: float = 1e-6) -> Orders:
+    """Orders for the convex solution ``x`` of ``p`` (see the module docstring)."""
+    acc, lots = hh.accounts, hh.lots
+    V = p.value
+    L, A, n = len(lots), hh.n_accounts, len(p.securities)
+    frac_lot = acc.fractional[lots.account] if L else np.zeros(0, bool)
+    sold = np.zeros(L)
+    forced = np.zeros(L, bool)
+    full_tol = 1e-9
+
+    # 1. shares
+    for j in np.flatnonzero(p.kind == VarKind.LOT_SELL):
+        l = p.lot[j]
+        if p.lb[j] > 0:
+            forced[l] = True
+        s = x[j] * V / lt.price[l]
+        if p.lb[j] > 0 or x[j] >= p.ub[j] - full_tol or s >= lots.shares[l] - 1e-6:
+            sold[l] = lots.shares[l] if p.ub[j] > 0 else 0.0
+        else:
+            sold[l] = _round_down(s, frac_lot[l])
+    order = fifo_order(lots.acquired, lots.lot_id)
+    for j in np.flatnonzero(p.kind == VarKind.POSITION_SELL):
+        a, sec = int(p.account[j]), int(p.securities[p.security[j]])
+        mine = order[(lots.account[order] == a) & (lots.security[order] == sec)]
+        total = lots.shares[mine].sum()
+        px = p.price[p.security[j]]
+        if p.lb[j] > 0:
+            forced[mine] = True
+        s = x[j] * V / px
+        if p.lb[j] > 0 or x[j] >= p.ub[j] - full_tol or s >= total - 1e-6:
+            s = total if p.ub[j] > 0 else 0.0
+        else:
+            s = _round_down(s, acc.fractional[a])
+        for l in mine:
+            take = min(lots.shares[l], s)
+            sold[l] = take
+            s -= take
+            if s <= _SHARE_EPS:
+                break
+    buys = np.zeros((A, n))
+    for j in np.flatnonzero(p.kind == VarKind.BUY):
+        a, i = p.account[j], p.security[j]
+        s = x[j] * V / p.price[i]
+        buys[a, i] = round(s, 6) if acc.fractional[a] else math.floor(s + 0.5)
+
+    # Net a buy and a sell of one security in one account (interior-point solutions leave
+    # both a little above zero): keep the larger side, less the smaller.
+    lot_loc = np.searchsorted(p.securities, lots.security)
+    cost = np.where(lt.taxable, lt.priced * lt.g_eff, 0.0)
+    for a, i in zip(*np.nonzero(buys > 0)):
+        m = np.flatnonzero((lots.account == a) & (lot_loc == i) & (sold > 0) & ~forced)
+        if len(m) == 0:
+            continue
+        sell_sh = float(sold[m].sum())
+        if sell_sh <= buys[a, i]:
+            sold[m] = 0.0
+            buys[a, i] = _round_down(buys[a, i] - sell_sh, acc.fractional[a])
+        else:
+            left = buys[a, i]
+            buys[a, i] = 0.0
+            for l in m[np.argsort(-cost[m], kind="stable")]:  # give back the dearest sales first
+                cut = min(sold[l], left)
+                sold[l] = _round_down(sold[l] - cut, frac_lot[l])
+                left -= cut
+                if left <= _SHARE_EPS:
+                    break
+
+    # 2. minimum trade (and numerical dust)
+    for a in range(A):
+        floor_usd = max(acc.min_trade[a], min_weight * V)
+        in_a = lots.account == a
+        for i in np.unique(lot_loc[in_a & (sold > 0)]):
+            m = in_a & (lot_loc == i)
+            v = float(np.sum(sold[m] * lt.price[m]))
+            closes = np.all(sold[m] >= lots.shares[m] - _SHARE_EPS)
+            if v < floor_usd and not forced[m].any() and not closes:
+                sold[m] = 0.0
+        small = (buys[a] * p.price < floor_usd) & (buys[a] > 0)
+        buys[a, small] = 0.0
+
+    # 3. budget repair, 4. cash repair (twice: a cash fix can need a budget fix and back)
+    room = p.budget * V if math.isfinite(p.budget) else math.inf
+    for _ in range(2):
+        _budget_repair(sold, forced, lots, lt, room, frac_lot)
+        _cash_repair(market, hh, p, lt, sold, buys, forced, lot_loc, room)
+    return Orders(sold=sold, buys=buys, forced=forced)
+
+
+def _round_down(s: float, fractional: bool) -> float:
+    if s <= 0:
+        return 0.0
+    return math.floor(s * 1e6 + 1e-6) / 1e6 if fractional else float(math.floor(s + 1e-6))
+
+
+def _realized(sold, lt: LotTax) -> float:
+    return float(np.sum(np.where(lt.taxable, sold * lt.price * lt.g_eff, 0.0)))
+
+
+def _budget_repair(sold, forced, lots, lt: LotTax, room: float, frac_lot) -> None:
+    if not math.isfinite(room):
+        return
+    excess = _realized(sold, lt) - room
+    if excess <= 0.005:
+        return
+    per_share = lt.price * lt.g_eff
+    cand = np.flatnonzero(lt.taxable & (sold > 0) & (per_share > 0) & ~forced)
+    for l in cand[np.argsort(-per_share[cand], kind="stable")]:
+        if excess <= 0.005:
+            break
+        cut = excess / per_share[l]
+        cut = min(sold[l], cut if frac_lot[l] else math.ceil(cut - 1e-9))
+        new = sold[l] - cut
+        sold[l] = new if frac_lot[l] else float(math.floor(new + 1e-9))
+        excess = _realized(sold, lt) - room
+
+
+def _cash_repair(market: Market, hh: Household, p: HouseholdProblem, lt: LotTax, sold, buys, forced, lot_loc, room) -> None:
+    acc, lots = hh.accounts, hh.lots
+    for a in range(hh.n_accounts):
+        in_a = lots.account == a
+
+        def shortfall():
+            cash = acc.cash[a] + float(np.sum(sold[in_a] * lt.price[in_a])) - float(buys[a] @ p.price)
+            return acc.reserve[a] - cash
+        short = shortfall()
+        if short <= 1e-6:
+            continue
+        for i in np.argsort(-(buys[a] * p.price), kind="stable"):
+            if short <= 1e-6 or buys[a, i] <= 0:
+                break
+            k = short / p.price[i]
+            k = min(buys[a, i], k if acc.fractional[a] else math.ceil(k - 1e-9))
+            buys[a, i] -= k
+            short = shortfall()
+        if short <= 1e-6:
+            continue
+        # Sell more: cheapest tax first; never a loss lot of a group the household buys.
+        sec_group = market.wash_group[p.securities]
+        bought_groups = np.unique(sec_group[buys.sum(axis=0) > 0])
+        never_sell = acc.never_sell[a]
+        lot_group = market.wash_group[lots.security]
+        ok = in_a & (sold < lots.shares - _SHARE_EPS) & ~np.isin(lots.security, never_sell)
+        ok &= ~((lt.gain < 0) & lt.taxable & np.isin(lot_group, bought_groups))
+        cost = np.where(lt.taxable, lt.priced * lt.g_eff, 0.0)
+        for l in np.flatnonzero(ok)[np.argsort(cost[ok], kind="stable")]:
+            if short <= 1e-6:
+                break
+            k = short / lt.price[l]
+            k = min(lots.shares[l] - sold[l], k if acc.fractional[a] else math.ceil(k - 1e-9))
+            sold[l] += k
+            short = shortfall()

@@ -1,0 +1,321 @@
+"""The household problem of DESIGN section 4, as arrays every solver reads.
+
+All quantities are in units of household value V (a weight is dollars / V); the objective in
+dollars is V times the objective here. Variables ``x`` (N,):
+
+- LOT_SELL: value sold of one taxable lot, in ``[0, lot value]``;
+- POSITION_SELL: value sold of one (traditional or Roth account, security) position;
+- BUY: value bought of one security in one account, ``>= 0``.
+
+With ``A`` the (n, N) incidence matrix (+1 buy, -1 sell on the variable's security) the
+post-trade household weights are ``w = w0 + A x`` and the active weights ``a = w - target``.
+Minimize
+
+.. math::
+
+    f(x) = \\lambda \\left( \\lVert C^T X^T a \\rVert^2 + \\sum_j d_j (L^T a)_j^2 \\right)
+           + c^T x + \\sum_i q_i x_i^2 + c_0
+
+where ``F = C C^T`` (Cholesky of the factor covariance), X the exposures of the household's
+securities, L the look-through of ETFs to their constituents with specific variances d
+(Grinold & Kahn, *Active Portfolio Management*, ch. 3: tracking variance ``a' (X F X' + D) a``),
+``c`` the tax (each lot at its own rate times its gain per dollar, short-term gains priced for
+waiting, see :func:`rebalancer.taxlots.wait_priced_rates`), half-spread and tax drag
+(yield times the rate of its income class, taxable accounts only: asset location), scaled by
+the household's tax sensitivity, and ``q`` a small impact term. Subject to
+
+- ``lb <= x <= ub`` (no shorts, sells only from held lots, never-sell, blocked buys, forced
+  divestment as ``lb = ub``);
+- per account: ``buys - sells <= (cash - reserve) / V`` (cash after trades >= reserve);
+- per household: ``gain' x <= budget`` (net realized gains this year within the tax budget).
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import BookDataError
+from .household import TAXABLE, Household
+from .market import Market
+from .settings import Divestment, OptimizerSettings
+from .targets import account_values, household_target
+from .taxlots import days_to_long_term, is_long_term, lot_rates, wait_priced_rates
+from .washsale import wash_state
+
+__all__ = ["VarKind", "HouseholdProblem", "build_problem", "transition_allowance"]
+
+
+class VarKind(enum.IntEnum):
+    LOT_SELL = 0
+    POSITION_SELL = 1
+    BUY = 2
+
+
+@dataclass(frozen=True, eq=False)
+class HouseholdProblem:
+    """One household's convex problem (see the module docstring for the formula).
+
+    Securities (n): ``securities`` market positions, ``price``, ``w0`` current and ``target``
+    weights, ``exposures`` (n, k), ``lookthrough`` (n, m) with ``specific_var`` (m,).
+    Variables (N): ``kind``, ``account`` (index into the household's accounts), ``security``
+    (index into ``securities``), ``lot`` (index into the household's lots, -1 if none), bounds
+    ``lb``/``ub`` (``ub`` may be inf), ``cost`` (linear), ``impact`` (quadratic), ``gain``
+    (realized gain per unit sold, for the budget), ``loss_sale`` (a sale at a loss, for
+    in-run wash-sale exclusivity), ``wash_group`` (the security's group).
+    Rows: ``cash_rhs`` (A,) and ``budget`` (inf: no cap).
+    """
+    household_id: int
+    date: np.datetime64
+    value: float
+    risk_aversion: float
+    tax_weight: float
+    securities: np.ndarray
+    price: np.ndarray
+    w0: np.ndarray
+    target: np.ndarray
+    exposures: np.ndarray
+    factor_cov: np.ndarray
+    factor_chol: np.ndarray
+    lookthrough: np.ndarray
+    specific_var: np.ndarray
+    kind: np.ndarray
+    account: np.ndarray
+    security: np.ndarray
+    lot: np.ndarray
+    lb: np.ndarray
+    ub: np.ndarray
+    cost: np.ndarray
+    impact: np.ndarray
+    gain: np.ndarray
+    loss_sale: np.ndarray
+    wash_group: np.ndarray
+    cash_rhs: np.ndarray
+    budget: float
+    constant: float
+    n_accounts: int
+
+    @property
+    def n_vars(self) -> int:
+        return len(self.kind)
+
+    @property
+    def sign(self) -> np.ndarray:
+        return np.where(self.kind == VarKind.BUY, 1.0, -1.0)
+
+    def incidence(self) -> sp.csr_matrix:
+        """A (n, N): column j is +1 (buy) or -1 (sell) on the variable's security."""
+        N = self.n_vars
+        return sp.csr_matrix((self.sign, (self.security, np.arange(N))), shape=(len(self.securities), N))
+
+    def cash_matrix(self) -> sp.csr_matrix:
+        """C (A, N): row a is ``buys - sells`` of account a."""
+        N = self.n_vars
+        return sp.csr_matrix((self.sign, (self.account, np.arange(N))), shape=(self.n_accounts, N))
+
+    def weights_after(self, x: np.ndarray) -> np.ndarray:
+        return self.w0 + np.bincount(self.security, weights=self.sign * x, minlength=len(self.securities))
+
+    def tracking_variance(self, w: np.ndarray) -> float:
+        """Annual tracking variance of household weights ``w`` against the target."""
+        a = w - self.target
+        f = self.factor_chol.T @ (self.exposures.T @ a)
+        s = self.lookthrough.T @ a
+        return float(f @ f + np.sum(self.specific_var * s * s))
+
+    def objective(self, x: np.ndarray) -> float:
+        """f(x) in units of V (multiply by ``value`` for dollars)."""
+        return (self.risk_aversion * self.tracking_variance(self.weights_after(x))
+                + float(self.cost @ x + np.sum(self.impact * x * x)) + self.constant)
+
+    def violation(self, x: np.ndarray) -> dict[str, float]:
+        """Largest violation of each constraint family at ``x`` (units of V, >= 0)."""
+        ub = np.where(np.isfinite(self.ub), self.ub, np.inf)
+        cash = np.bincount(self.account, weights=self.sign * x, minlength=self.n_accounts) - self.cash_rhs
+        return {
+            "bounds": float(max(np.max(self.lb - x, initial=0.0), np.max(x - ub, initial=0.0))),
+            "cash": float(np.max(cash, initial=0.0)),
+            "budget": float(max(self.gain @ x - self.budget, 0.0)) if math.isfinite(self.budget) else 0.0,
+        }
+
+    def restrict(self, zero: np.ndarray) -> "HouseholdProblem":
+        """The same problem with variables ``zero`` (mask) fixed at 0."""
+        if np.any(zero & (self.lb > 0)):
+            raise ValueError("cannot fix a forced sale at 0")
+        return dataclasses.replace(self, ub=np.where(zero, 0.0, self.ub))
+
+    def with_budget(self, budget: float) -> "HouseholdProblem":
+        return dataclasses.replace(self, budget=float(budget))
+
+
+def transition_allowance(market: Market, hh: Household, date, account_targets, lot_value, lot_gain) -> float:
+    """Gains (USD) today's run may realize while an account is in a transition; inf if none is.
+
+    The rule: a taxable account onboarded with legacy holdings and ``transition_years = N``
+    spreads the net unrealized gain ``U`` of its holdings outside its target over the years the
+    transition has left, ``R = max(1, N - whole years since transition_start)``. With ``x``
+    the household's net gain realized so far this year, this year's gains may total
+    ``(U + x) / R``, so today's run may add ``max((U + x) / R - x, 0)``. In the last year
+    ``R = 1`` and everything left may go; after year N the rule lapses. Losses harvested along
+    the way raise the room one for one. Run daily, the account converges to its model in about
+    N years at roughly equal gains per year. With several transition accounts in a household,
+    U is their total and R the shortest remaining. IRAs have no tax and simply rebalance.
+    """
+    date = np.datetime64(date, "D")
+    acc = hh.accounts
+    U, R = 0.0, None
+    for a in np.flatnonzero((acc.transition_years > 0) & (acc.account_type == TAXABLE)):
+        elapsed = (date - acc.transition_start[a]).astype(np.int64) / 365.25
+        if elapsed >= acc.transition_years[a]:
+            continue
+        r = max(1, int(acc.transition_years[a]) - int(math.floor(max(elapsed, 0.0))))
+        R = r if R is None else min(R, r)
+        legacy = (hh.lots.account == a) & ~np.isin(hh.lots.security, account_targets[a][0])
+        U += max(float(np.sum(lot_value[legacy] * lot_gain[legacy])), 0.0)
+    if R is None:
+        return math.inf
+    x = max(hh.ytd_realized_st + hh.ytd_realized_lt, 0.0)
+    return max((U + x) / R - x, 0.0)
+
+
+def build_problem(market: Market, hh: Household, settings: OptimizerSettings, date=None) -> HouseholdProblem:
+    """The convex problem of household ``hh`` for a run on ``date`` (default: the market's).
+
+    Raises BookDataError (naming the account and field) when the data make the problem
+    meaningless: no value, a model screened away, a cash reserve no sale can reach.
+    """
+    date = np.datetime64(date if date is not None else market.as_of, "D")
+    acc, lots = hh.accounts, hh.lots
+    A = hh.n_accounts
+    tgt_pos, tgt_w, account_targets = household_target(market, hh)
+    values = account_values(market, hh)
+    V = float(values.sum())
+
+    lot_px = market.price[lots.security]
+    lot_value = lots.shares * lot_px
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lot_gain = np.where(lot_px > 0, 1.0 - lots.cost_basis / lot_px, 0.0)
+    taxable_lot = acc.account_type[lots.account] == TAXABLE
+    lt = is_long_term(lots.acquired, date)
+    rate = lot_rates(lt, hh.short_term_rate, hh.long_term_rate, hh.state_rate)
+    priced = wait_priced_rates(rate, lot_gain, days_to_long_term(lots.acquired, date),
+                               hh.short_term_rate, hh.long_term_rate, hh.state_rate)
+    wash = wash_state(market, hh, date, settings.wash_window_days)
+    g_eff = np.where(wash.loss_disallowed & (lot_gain < 0), 0.0, lot_gain)
+
+    # The household's securities: held, targeted, and buyable substitutes of its funds.
+    held = np.unique(lots.security)
+    base = np.union1d(held, tgt_pos)
+    funds = base[market.kind[base] != "stock"]
+    if len(funds):
+        classes = set(market.asset_class[funds])
+        subs = np.flatnonzero((market.kind != "stock") & np.isin(market.asset_class, list(classes))
+                              & np.isfinite(market.price) & (market.price > 0))
+        base = np.union1d(base, subs)
+    secs = base
+    n = len(secs)
+    loc = {int(p): i for i, p in enumerate(secs)}
+    target = np.zeros(n)
+    target[np.searchsorted(secs, tgt_pos)] = tgt_w
+    w0 = np.zeros(n)
+    np.add.at(w0, np.searchsorted(secs, lots.security), lot_value / V)
+
+    tax_weight = max(hh.tax_sensitivity, settings.sensitivity_floor)
+    half_spread = market.spread[secs] / 2.0
+    drag_rate = np.select([market.income_class[secs] == 0, market.income_class[secs] == 1],
+                          [hh.long_term_rate + hh.state_rate, hh.short_term_rate + hh.state_rate], 0.0)
+    drag = market.yield_[secs] * drag_rate  # per dollar held a year, in a taxable account
+
+    kinds, accts, sec_l, lot_l, lb, ub, cost, gain, loss = ([] for _ in range(9))
+
+    def add(kind, a, s, lot, lo, hi, c, g, is_loss):
+        kinds.append(np.full(len(s), kind, np.int8)); accts.append(np.full(len(s), a, np.int64) if np.isscalar(a) else a)
+        sec_l.append(s); lot_l.append(lot); lb.append(lo); ub.append(hi); cost.append(c); gain.append(g); loss.append(is_loss)
+
+    lot_sec_local = np.searchsorted(secs, lots.security)
+    constant = 0.0
+    for a in range(A):
+        excluded = market.screened(acc.screens[a])
+        never_sell = acc.never_sell[a]
+        never_buy = acc.never_buy[a]
+        in_a = lots.account == a
+        if acc.account_type[a] == TAXABLE:
+            idx = np.flatnonzero(in_a)
+            s_loc = lot_sec_local[idx]
+            hi = lot_value[idx] / V
+            hi = np.where(np.isin(lots.security[idx], never_sell), 0.0, hi)
+            lo = np.zeros(len(idx))
+            scr = excluded[lots.security[idx]] & (hi > 0)
+            if settings.divestment == Divestment.IMMEDIATE:
+                lo = np.where(scr, hi, 0.0)
+            else:
+                lo = np.where(scr & (lot_gain[idx] <= 0), hi, 0.0)
+            c = tax_weight * (priced[idx] * g_eff[idx] + half_spread[s_loc] - drag[s_loc])
+            if settings.divestment == Divestment.TAX_SENSITIVE:
+                c = c - np.where(scr, settings.screen_hold_cost, 0.0)
+            add(VarKind.LOT_SELL, a, s_loc, idx, lo, hi, c, g_eff[idx], lot_gain[idx] < 0)
+            constant += tax_weight * float(np.sum(drag[s_loc] * lot_value[idx] / V))
+        else:
+            ps = np.unique(lots.security[in_a])
+            if len(ps):
+                pv = np.bincount(np.searchsorted(ps, lots.security[in_a]), weights=lot_value[in_a], minlength=len(ps)) / V
+                hi = np.where(np.isin(ps, never_sell), 0.0, pv)
+                scr = excluded[ps] & (hi > 0)
+                lo = np.where(scr, hi, 0.0)  # no tax in these accounts: a screen always divests at once
+                s_loc = np.searchsorted(secs, ps)
+                add(VarKind.POSITION_SELL, a, s_loc, np.full(len(ps), -1), lo, hi, tax_weight * half_spread[s_loc],
+                    np.zeros(len(ps)), np.zeros(len(ps), bool))
+        # Buys: any security of the household's universe the account may buy.
+        ok = ~excluded[secs] & ~np.isin(secs, never_buy) & ~wash.blocked(market.wash_group[secs])
+        ok &= np.isfinite(market.price[secs]) & (market.price[secs] > 0)
+        b = np.flatnonzero(ok)
+        c = tax_weight * (half_spread[b] + (drag[b] if acc.account_type[a] == TAXABLE else 0.0))
+        add(VarKind.BUY, a, b, np.full(len(b), -1), np.zeros(len(b)), np.full(len(b), np.inf), c,
+            np.zeros(len(b)), np.zeros(len(b), bool))
+
+    kind = np.concatenate(kinds).astype(np.int8)
+    account = np.concatenate(accts)
+    security = np.concatenate(sec_l).astype(np.int64)
+    lb_ = np.concatenate(lb)
+    ub_ = np.concatenate(ub)
+    cash_rhs = (acc.cash - acc.reserve) / V
+    # A reserve no sale can reach is a data problem of that account, not an optimization one.
+    sellable = np.bincount(account, weights=np.where(kind != VarKind.BUY, ub_, 0.0), minlength=A)
+    short = cash_rhs + sellable < -1e-12
+    if short.any():
+        a = int(np.flatnonzero(short)[0])
+        raise BookDataError("accounts", f"account_id={int(acc.account_id[a])}", "cash_reserve",
+                            f"reserve {acc.reserve[a]:,.2f} exceeds cash {acc.cash[a]:,.2f} plus everything the account "
+                            f"may sell ({sellable[a] * V:,.2f})")
+
+    budget = hh.tax_budget
+    year_net = hh.ytd_realized_st + hh.ytd_realized_lt - hh.loss_carryforward_st - hh.loss_carryforward_lt
+    room = max(budget - year_net, 0.0) if math.isfinite(budget) else math.inf
+    room = min(room, transition_allowance(market, hh, date, account_targets, lot_value, lot_gain))
+
+    X = market.risk.exposures[secs]
+    F = market.risk.factor_cov
+    _, Lk, d = market.lookthrough(secs)
+    chol = _psd_factor(F)
+    N = len(kind)
+    return HouseholdProblem(
+        household_id=hh.household_id, date=date, value=V, risk_aversion=settings.risk_aversion, tax_weight=tax_weight,
+        securities=secs, price=market.price[secs], w0=w0, target=target, exposures=X, factor_cov=F, factor_chol=chol,
+        lookthrough=Lk, specific_var=d, kind=kind, account=account, security=security,
+        lot=np.concatenate(lot_l).astype(np.int64), lb=lb_, ub=ub_, cost=np.concatenate(cost),
+        impact=np.full(N, tax_weight * settings.impact), gain=np.concatenate(gain),
+        loss_sale=np.concatenate(loss).astype(bool), wash_group=market.wash_group[secs][security],
+        cash_rhs=cash_rhs, budget=room / V, constant=constant, n_accounts=A)
+
+
+def _psd_factor(F: np.ndarray) -> np.ndarray:
+    """C with F = C C' (Cholesky, or a symmetric square root when F is only semidefinite)."""
+    try:
+        return np.linalg.cholesky(F)
+    except np.linalg.LinAlgError:
+        vals, vecs = np.linalg.eigh(0.5 * (F + F.T))
+        return vecs * np.sqrt(np.clip(vals, 0.0, None))
