@@ -41,7 +41,7 @@ from .household import TAXABLE, Household
 from .market import Market
 from .naive import NaiveRebalance, naive_rebalance
 from .postprocess import LotTax, Orders, orders_to_x, round_solution
-from .problem import HouseholdProblem, VarKind, build_problem
+from .problem import HouseholdProblem, VarKind, build_problem, transition_end
 from .reference import solve_reference
 from .schema import TradeReason
 from .settings import OptimizerSettings
@@ -403,7 +403,7 @@ def _trades(market: Market, hh: Household, p: HouseholdProblem, orders: Orders, 
         excluded = market.screened(acc.screens[a])
         never_buy = set(acc.never_buy[a].tolist())
         target_pos = set(account_targets[a][0].tolist())
-        in_transition = acc.transition_years[a] > 0 and (p.date - acc.transition_start[a]).astype(np.int64) < 365.25 * acc.transition_years[a]
+        in_transition = acc.transition_years[a] > 0 and p.date < transition_end(acc.transition_start[a], int(acc.transition_years[a]))
         cash_need = max(acc.reserve[a] - acc.cash[a], 0.0)
         sell_ls = [l for l in order if lots.account[l] == a and orders.sold[l] > 0]
         # Cash-raising sales: the cheapest first, up to the shortfall.
@@ -428,7 +428,7 @@ def _trades(market: Market, hh: Household, p: HouseholdProblem, orders: Orders, 
                          v * lt.gain[l] if lt.taxable[l] else 0.0, bool(lt.long_term[l]),
                          bool(lt.taxable[l] and lt.disallowed[l] and lt.gain[l] < 0), reason.value))
     for a in range(hh.n_accounts):
-        in_transition = acc.transition_years[a] > 0 and (p.date - acc.transition_start[a]).astype(np.int64) < 365.25 * acc.transition_years[a]
+        in_transition = acc.transition_years[a] > 0 and p.date < transition_end(acc.transition_start[a], int(acc.transition_years[a]))
         deposit_left = acc.deposit[a]
         for i in np.flatnonzero(orders.buys[a] > 0):
             v = orders.buys[a, i] * p.price[i]

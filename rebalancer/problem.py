@@ -47,7 +47,7 @@ from .targets import account_values, household_target
 from .taxlots import days_to_long_term, is_long_term, lot_rates, wait_priced_rates
 from .washsale import wash_state
 
-__all__ = ["VarKind", "HouseholdProblem", "build_problem", "transition_allowance"]
+__all__ = ["VarKind", "HouseholdProblem", "build_problem", "transition_allowance", "transition_end"]
 
 
 class VarKind(enum.IntEnum):
@@ -152,27 +152,36 @@ class HouseholdProblem:
         return dataclasses.replace(self, budget=float(budget))
 
 
+def transition_end(start: np.datetime64, years: int) -> np.datetime64:
+    """The day a transition of ``years`` years started on ``start`` ends."""
+    month = start.astype("datetime64[M]")
+    return (month + 12 * int(years)).astype("datetime64[D]") + (start - month.astype("datetime64[D]"))
+
+
 def transition_allowance(market: Market, hh: Household, date, account_targets, lot_value, lot_gain) -> float:
     """Gains (USD) today's run may realize while an account is in a transition; inf if none is.
 
     The rule: a taxable account onboarded with legacy holdings and ``transition_years = N``
-    spreads the net unrealized gain ``U`` of its holdings outside its target over the years the
-    transition has left, ``R = max(1, N - whole years since transition_start)``. With ``x``
-    the household's net gain realized so far this year, this year's gains may total
-    ``(U + x) / R``, so today's run may add ``max((U + x) / R - x, 0)``. In the last year
-    ``R = 1`` and everything left may go; after year N the rule lapses. Losses harvested along
-    the way raise the room one for one. Run daily, the account converges to its model in about
-    N years at roughly equal gains per year. With several transition accounts in a household,
-    U is their total and R the shortest remaining. IRAs have no tax and simply rebalance.
+    spreads the net unrealized gain ``U`` of its holdings outside its target evenly over the
+    tax years left until the transition ends (``transition_start`` + N years):
+    ``R = end year - this year + 1``. With ``x`` the household's net gain realized so far this
+    tax year, this year's gains may total ``(U + x) / R``, so today's run may add
+    ``max((U + x) / R - x, 0)``. In the end year ``R = 1`` and everything left may go; after
+    the end date the rule lapses. Losses harvested along the way raise the room one for one.
+    Run daily, the account converges to its model within N years, realizing roughly equal
+    gains in each tax year (tracking error decides whether the room is used). With several
+    transition accounts in a household, U is their total and R the smallest. IRAs have no tax
+    and simply rebalance.
     """
     date = np.datetime64(date, "D")
     acc = hh.accounts
+    year = date.astype("datetime64[Y]").astype(np.int64)
     U, R = 0.0, None
     for a in np.flatnonzero((acc.transition_years > 0) & (acc.account_type == TAXABLE)):
-        elapsed = (date - acc.transition_start[a]).astype(np.int64) / 365.25
-        if elapsed >= acc.transition_years[a]:
+        end = transition_end(acc.transition_start[a], int(acc.transition_years[a]))
+        if date >= end:
             continue
-        r = max(1, int(acc.transition_years[a]) - int(math.floor(max(elapsed, 0.0))))
+        r = max(1, int(end.astype("datetime64[Y]").astype(np.int64) - year) + 1)
         R = r if R is None else min(R, r)
         legacy = (hh.lots.account == a) & ~np.isin(hh.lots.security, account_targets[a][0])
         U += max(float(np.sum(lot_value[legacy] * lot_gain[legacy])), 0.0)
