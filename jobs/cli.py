@@ -1,7 +1,7 @@
 """The ``rebalance`` command.
 
 Subcommands: ``generate`` (a synthetic book), ``validate`` (a book against the data contract),
-``schema`` (print the contract). Exit status: 0 success, 1 the book has errors, 2 bad usage or
+``household`` (rebalance one household and print its trades), ``schema`` (print the contract). Exit status: 0 success, 1 the book has errors, 2 bad usage or
 an unreadable input.
 """
 from __future__ import annotations
@@ -95,6 +95,62 @@ def cmd_validate(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_household(args) -> int:
+    from rebalancer.book import Book
+    from rebalancer.household import split_households
+    from rebalancer.market import Market
+    from rebalancer.optimize import rebalance_household
+    from rebalancer.schema import HOUSEHOLD_TABLES, REFERENCE_TABLES, bucket_of
+
+    book = Book.open(args.book, _s3(args))
+    market = Market.from_tables({t.name: book.read(t.name) for t in REFERENCE_TABLES}, book.as_of)
+    bucket = int(bucket_of(args.household, book.info.n_buckets))
+    tables = {t.name: book.read(t.name, bucket) for t in HOUSEHOLD_TABLES}
+    hhs, rejected = split_households(market, tables)
+    mine = [r for r in rejected if r.household_id == args.household]
+    if mine:
+        for r in mine:
+            print(f"account {r.account_id}: rejected: {r.reason}")
+        return 1
+    hh = next((h for h in hhs if h.household_id == args.household), None)
+    if hh is None:
+        print(f"household {args.household} is not in the book (bucket {bucket})", file=sys.stderr)
+        return 2
+    r = rebalance_household(market, hh, date=args.date)
+    t = r.trades
+    acc = hh.accounts
+    kinds = ("taxable", "traditional", "roth")
+    rows = [dict(account_id=int(acc.account_id[t.account[i]]), account_type=kinds[acc.account_type[t.account[i]]],
+                 symbol=str(market.symbol[t.security[i]]), side="buy" if t.is_buy[i] else "sell",
+                 lot_id=int(hh.lots.lot_id[t.lot[i]]) if t.lot[i] >= 0 else None, shares=float(t.shares[i]),
+                 price=float(t.price[i]), value=round(float(t.value[i]), 2),
+                 realized_gain=round(float(t.realized_gain[i]), 2),
+                 term=None if t.is_buy[i] else ("LT" if t.long_term[i] else "ST"), reason=str(t.reason[i]))
+            for i in range(len(t))]
+    fields = ["status", "value", "te_before", "te_after", "te_naive", "objective", "objective_continuous",
+              "rounding_cost", "naive_objective", "realized_st_gain", "realized_st_loss", "realized_lt_gain",
+              "realized_lt_loss", "disallowed_loss", "tax", "naive_tax", "taxes_saved", "harvest_value",
+              "deferral_value", "wait_value", "budget_room", "budget_overrun", "bought", "sold", "fee", "solves",
+              "iterations", "primal_residual", "dual_residual"]
+    summary = {f: getattr(r, f) for f in fields}
+    summary["timings"] = r.timings
+    if args.json:
+        print(json.dumps({"household_id": hh.household_id, **summary, "trades": rows}, indent=2, default=str))
+        return 0
+    print(f"household {hh.household_id}: {hh.n_accounts} accounts, {len(hh.lots)} lots, ${r.value:,.2f}; {r.status}")
+    print(f"  tracking error {r.te_before:.2%} -> {r.te_after:.2%} (naive rebalance: {r.te_naive:.2%})")
+    print(f"  realized: ST {r.realized_st_gain + r.realized_st_loss:,.2f}, LT {r.realized_lt_gain + r.realized_lt_loss:,.2f}; "
+          f"tax {r.tax:,.2f} vs naive {r.naive_tax:,.2f}: saved or deferred {r.taxes_saved:,.2f} "
+          f"(harvest {r.harvest_value:,.2f}, deferral {r.deferral_value:,.2f}, waits {r.wait_value:,.2f})")
+    print(f"  bought {r.bought:,.2f}, sold {r.sold:,.2f}; objective {r.objective:,.2f} "
+          f"(rounding cost {r.rounding_cost:,.2f}); {r.solves} solve(s), {sum(r.timings.values()) * 1e3:.0f} ms")
+    print(f"  {'account':>10} {'type':11} {'symbol':8} {'side':4} {'lot':>14} {'shares':>12} {'value':>12} {'gain':>11} term reason")
+    for x in rows:
+        print(f"  {x['account_id']:>10} {x['account_type']:11} {x['symbol']:8} {x['side']:4} {x['lot_id'] or '':>14} "
+              f"{x['shares']:12.4f} {x['value']:12,.2f} {x['realized_gain']:11,.2f} {x['term'] or '':4} {x['reason']}")
+    return 0
+
+
 def cmd_schema(args) -> int:
     from rebalancer.schema import contract_markdown
 
@@ -124,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print problems as JSON")
     _s3_args(v)
     v.set_defaults(func=cmd_validate)
+
+    h = sub.add_parser("household", help="rebalance one household of a book and print its trades (no outputs written)")
+    h.add_argument("--book", required=True, help="book URI")
+    h.add_argument("--household", type=int, required=True, help="household id")
+    h.add_argument("--date", type=dt.date.fromisoformat, default=None, help="run date (default: the book's as-of date)")
+    h.add_argument("--json", action="store_true", help="print the result as JSON")
+    _s3_args(h)
+    h.set_defaults(func=cmd_household)
 
     s = sub.add_parser("schema", help="print the data contract as Markdown")
     s.add_argument("--markdown", action="store_true", help="(the only format)")

@@ -45,8 +45,8 @@ def naive_rebalance(market: Market, hh: Household, p: HouseholdProblem, account_
     values = np.bincount(lots.account, weights=lot_value, minlength=hh.n_accounts) + acc.cash
     lot_sold = np.zeros(len(lots))
     bought: dict[tuple[int, int], float] = {}
-    buy_var = {(int(a), int(p.securities[s])): j for j, (a, s, k) in enumerate(zip(p.account, p.security, p.kind))
-               if k == VarKind.BUY}
+    jb = np.flatnonzero(p.kind == VarKind.BUY)
+    buy_var = dict(zip(zip(p.account[jb].tolist(), p.securities[p.security[jb]].tolist()), jb.tolist()))
     order = fifo_order(lots.acquired, lots.lot_id)
     for a in range(hh.n_accounts):
         pos, w = account_targets[a]
@@ -84,9 +84,10 @@ def naive_rebalance(market: Market, hh: Household, p: HouseholdProblem, account_
                                for l in range(len(lots))], bool) if len(lots) else np.zeros(0, bool)
 
     x = np.zeros(p.n_vars)
-    lot_var = {int(l): j for j, (l, k) in enumerate(zip(p.lot, p.kind)) if k == VarKind.LOT_SELL}
-    pos_var = {(int(a), int(p.securities[s])): j for j, (a, s, k) in enumerate(zip(p.account, p.security, p.kind))
-               if k == VarKind.POSITION_SELL}
+    jl = np.flatnonzero(p.kind == VarKind.LOT_SELL)
+    lot_var = dict(zip(p.lot[jl].tolist(), jl.tolist()))
+    jp = np.flatnonzero(p.kind == VarKind.POSITION_SELL)
+    pos_var = dict(zip(zip(p.account[jp].tolist(), p.securities[p.security[jp]].tolist()), jp.tolist()))
     for l in np.flatnonzero(lot_sold > 0):
         if acc.account_type[lots.account[l]] == TAXABLE:
             x[lot_var[int(l)]] += lot_sold[l] / V

@@ -202,7 +202,6 @@ def rebalance_household(market: Market, hh: Household, settings: OptimizerSettin
         # The directions the naive trades imply, completed by the first solve's for groups
         # the naive leaves alone; solved only when they differ from the ones chosen.
         modes = {**_directions(p, r.x), **_naive_modes(p, naive.x)}
-        modes = {g: m for g, m in modes.items() if g in _directions(p, r.x) or g in _naive_modes(p, naive.x)}
         chosen = best.extra.get("modes", {})
         if _conflicts(p, r.x) and any(chosen.get(g) != m for g, m in modes.items()):
             q = p.restrict(_mode_mask(p, modes))
@@ -281,14 +280,17 @@ def _relax_budget(p: HouseholdProblem, solve: Solver, settings: OptimizerSetting
 
 
 def _group_flows(p: HouseholdProblem, x: np.ndarray) -> tuple[dict, dict]:
-    buys, losses = {}, {}
-    for j in np.flatnonzero(x > _TRADE_TOL):
-        g = int(p.wash_group[j])
-        if p.kind[j] == VarKind.BUY:
-            buys[g] = buys.get(g, 0.0) + x[j]
-        elif p.loss_sale[j]:
-            losses[g] = losses.get(g, 0.0) + x[j]
-    return buys, losses
+    """Per wash group: value bought, and value of taxable lots sold at a loss (units of V)."""
+    traded = x > _TRADE_TOL
+    out = []
+    for sel in (traded & (p.kind == VarKind.BUY), traded & p.loss_sale):
+        g = p.wash_group[sel]
+        if len(g) == 0:
+            out.append({})
+            continue
+        u, inv = np.unique(g, return_inverse=True)
+        out.append(dict(zip(u.tolist(), np.bincount(inv, weights=x[sel]).tolist())))
+    return out[0], out[1]
 
 
 def _conflicts(p: HouseholdProblem, x: np.ndarray) -> dict[int, str]:
