@@ -106,7 +106,8 @@ class HouseholdResult:
     """One household's run. Money in USD; tracking errors are annual volatilities.
 
     objective : of the rounded trades; objective_continuous : of the convex solution;
-    rounding_cost : their difference. naive_objective : of the naive trades, in the same
+    rounding_cost : their difference. budget_overrun : realized gain above the budget (USD; whole
+    shares or hard rules needed it; status budget_exceeded). naive_objective : of the naive trades, in the same
     objective; naive_feasible : those trades obey every rule of the problem (then
     objective_continuous <= naive_objective up to solver tolerance). taxes_saved : naive_tax - tax (DESIGN section 6), split
     into harvest_value (extra losses), deferral_value (gains not realized) and wait_value
@@ -234,6 +235,10 @@ def rebalance_household(market: Market, hh: Household, settings: OptimizerSettin
     realized_run = float(np.sum(np.where(lt.taxable, orders.sold * lt.price * lt.g_eff, 0.0)))
     room = best_p.budget * V
     overrun = max(realized_run - p0.budget * V, 0.0) if math.isfinite(p0.budget) else 0.0
+    if overrun > 0.005:
+        # Whole shares: the cash reserve needed a little more sold than the budget allowed
+        # (or a relaxed budget). The reserve wins; the overrun is reported, not hidden.
+        status = HouseholdStatus.BUDGET_EXCEEDED
     return HouseholdResult(
         household_id=hh.household_id, status=status, solver=best.solver, value=V, trades=trades,
         objective=obj_round, objective_continuous=obj_cont, rounding_cost=obj_round - obj_cont,

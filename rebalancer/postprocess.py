@@ -84,7 +84,7 @@ def orders_to_x(p: HouseholdProblem, hh: Household, lt: LotTax, orders: Orders) 
 
 
 def round_solution(market: Market, hh: Household, p: HouseholdProblem, x: np.ndarray, lt: LotTax,
-                   min_weight: float = 1e-6) -> Orders:
+                   min_weight: float = 1e-5) -> Orders:
     """Orders for the convex solution ``x`` of ``p`` (see the module docstring)."""
     acc, lots = hh.accounts, hh.lots
     V = p.value
@@ -228,7 +228,11 @@ def _cash_repair(market: Market, hh: Household, p: HouseholdProblem, lt: LotTax,
         ok = in_a & (sold < lots.shares - _SHARE_EPS) & ~np.isin(lots.security, never_sell)
         ok &= ~((lt.gain < 0) & lt.taxable & np.isin(lot_group, bought_groups))
         cost = np.where(lt.taxable, lt.priced * lt.g_eff, 0.0)
-        for l in np.flatnonzero(ok)[np.argsort(cost[ok], kind="stable")]:
+        # Sales that realize no gain first (IRA positions, losses), then gains, cheapest first:
+        # a gain here can only overrun the budget by what whole shares force.
+        cand = np.flatnonzero(ok)
+        cand = cand[np.lexsort((cost[cand], cost[cand] > 0))]
+        for l in cand:
             if short <= 1e-6:
                 break
             k = short / lt.price[l]

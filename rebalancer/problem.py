@@ -20,8 +20,9 @@ where ``F = C C^T`` (Cholesky of the factor covariance), X the exposures of the 
 securities, L the look-through of ETFs to their constituents with specific variances d
 (Grinold & Kahn, *Active Portfolio Management*, ch. 3: tracking variance ``a' (X F X' + D) a``),
 ``c`` the tax (each lot at its own rate times its gain per dollar, short-term gains priced for
-waiting, see :func:`rebalancer.taxlots.wait_priced_rates`), half-spread and tax drag
-(yield times the rate of its income class, taxable accounts only: asset location), scaled by
+waiting, see :func:`rebalancer.taxlots.wait_priced_rates`), half-spread, tax drag (yield
+times the rate of its income class, taxable accounts only: asset location) and a small cost
+on buying securities outside the target (substitutes must earn their place), scaled by
 the household's tax sensitivity, and ``q`` a small impact term. Subject to
 
 - ``lb <= x <= ub`` (no shorts, sells only from held lots, never-sell, blocked buys, forced
@@ -282,7 +283,8 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
         ok = ~excluded[secs] & ~np.isin(secs, never_buy) & ~wash.blocked(market.wash_group[secs])
         ok &= np.isfinite(market.price[secs]) & (market.price[secs] > 0)
         b = np.flatnonzero(ok)
-        c = tax_weight * (half_spread[b] + (drag[b] if acc.account_type[a] == TAXABLE else 0.0))
+        c = tax_weight * (half_spread[b] + (drag[b] if acc.account_type[a] == TAXABLE else 0.0)
+                          + np.where(target[b] > 0, 0.0, settings.substitute_cost))
         add(VarKind.BUY, a, b, np.full(len(b), -1), np.zeros(len(b)), np.full(len(b), np.inf), c,
             np.zeros(len(b)), np.zeros(len(b), bool))
 

@@ -29,27 +29,35 @@ class OptimizerSettings:
         annual tracking variance. At 100 a 1% tracking error (variance 1e-4) weighs as much as
         paying 1% of the household's value; a household's ``tax_sensitivity`` then scales
         taxes (and costs) against it.
-    impact : quadratic trading cost, dollars per dollar of value per (fraction of value
-        traded)^2; small, and it makes every household's optimum unique.
+    impact : quadratic trading cost per trade variable, dollars per dollar of value per
+        (fraction of value traded)^2. Default 0: a household's trades are far too small for
+        market impact, and a separable quadratic would split a holding between equivalent
+        securities (two ETFs on one index) just to shrink each trade.
     sensitivity_floor : the weight costs keep when a household's tax sensitivity is 0, so that
         among the ways of reaching the target the cheapest is chosen.
+    substitute_cost : per dollar bought of a security outside the household's target (a harvest
+        substitute, an equivalent ETF): the model's own securities are preferred unless a
+        substitute earns its place (a wash-sale block, a harvest, asset location).
     divestment : see :class:`Divestment`.
     screen_hold_cost : per dollar of a screened gain lot still held (TAX_SENSITIVE divestment).
     wash_window_days : the wash-sale window, both directions.
-    min_weight : trades under this fraction of household value are dropped (numerical dust).
+    min_weight : trades under this fraction of household value are dropped (numerical dust:
+        $10 per $1M).
     solver_tolerance : relative accuracy asked of the solver.
     """
     risk_aversion: float = 100.0
-    impact: float = 1e-3
+    impact: float = 0.0
     sensitivity_floor: float = 1e-4
+    substitute_cost: float = 0.001
     divestment: Divestment = Divestment.IMMEDIATE
     screen_hold_cost: float = 0.02
     wash_window_days: int = 30
-    min_weight: float = 1e-6
+    min_weight: float = 1e-5
     solver_tolerance: float = 1e-8
 
     def __post_init__(self):
-        for name in ("risk_aversion", "impact", "sensitivity_floor", "screen_hold_cost", "min_weight", "solver_tolerance"):
+        for name in ("risk_aversion", "impact", "sensitivity_floor", "substitute_cost", "screen_hold_cost", "min_weight",
+                     "solver_tolerance"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0):
                 raise ValueError(f"OptimizerSettings.{name} must be a number >= 0, got {v!r}")
