@@ -153,7 +153,7 @@ class HouseholdResult:
         return (self.bought + self.sold) / self.value if self.value else 0.0
 
 
-def lot_tax(market: Market, hh: Household, date) -> LotTax:
+def lot_tax(market: Market, hh: Household, date, wash_window_days: int = 30) -> LotTax:
     """Per-lot tax facts of ``hh`` for a run on ``date``."""
     lots, acc = hh.lots, hh.accounts
     price = market.price[lots.security]
@@ -164,7 +164,7 @@ def lot_tax(market: Market, hh: Household, date) -> LotTax:
     rate = lot_rates(lt, hh.short_term_rate, hh.long_term_rate, hh.state_rate)
     priced = wait_priced_rates(rate, gain, days_to_long_term(lots.acquired, date),
                                hh.short_term_rate, hh.long_term_rate, hh.state_rate)
-    disallowed = wash_state(market, hh, date).loss_disallowed & (gain < 0)
+    disallowed = wash_state(market, hh, date, wash_window_days).loss_disallowed & (gain < 0)
     return LotTax(price=price, value=value, gain=gain, long_term=lt, rate=rate, priced=priced,
                   disallowed=disallowed, g_eff=np.where(disallowed, 0.0, gain),
                   taxable=acc.account_type[lots.account] == TAXABLE)
@@ -179,7 +179,7 @@ def rebalance_household(market: Market, hh: Household, settings: OptimizerSettin
     timings: dict[str, float] = {}
     t = time.perf_counter()
     p0 = build_problem(market, hh, settings, date)
-    lt = lot_tax(market, hh, date)
+    lt = lot_tax(market, hh, date, settings.wash_window_days)
     _, _, account_targets = household_target(market, hh)
     naive = naive_rebalance(market, hh, p0, account_targets, lt.disallowed)
     timings["build"] = time.perf_counter() - t
@@ -351,7 +351,7 @@ def _settle_directions(p: HouseholdProblem, r: SolveResult, solve: Solver, setti
                        modes: dict[int, str]) -> tuple[HouseholdProblem, SolveResult]:
     """If ``r`` buys a group and sells it at a loss, give every group that could do both a
     direction (:func:`_directions`, ``modes`` first) and solve once more: the result cannot
-    conflict. Two solves at most."""
+    conflict. If those directions leave no feasible trades, every group gets 'sell'."""
     _check(p, r)
     if not _conflicts(p, r.x):
         r.extra.update(modes=dict(modes), solves=0)
@@ -359,10 +359,18 @@ def _settle_directions(p: HouseholdProblem, r: SolveResult, solve: Solver, setti
     fixed = {**_directions(p, r.x), **modes}
     q = p.restrict(_mode_mask(p, fixed))
     r2 = solve(q, settings.solver_tolerance)
+    solves = 1
+    if r2.status == SolveStatus.INFEASIBLE:
+        # A 'buy' direction forbade a loss sale the budget or a cash reserve needs. 'sell'
+        # only forbids buys, which no hard rule needs, so all-'sell' is always feasible.
+        fixed = {g: "sell" for g in fixed}
+        q = p.restrict(_mode_mask(p, fixed))
+        r2 = solve(q, settings.solver_tolerance)
+        solves += 1
     _check(q, r2)
     if _conflicts(q, r2.x):  # cannot happen: every group that could conflict has a direction
         raise SolverFailure(p.household_id, r2.solver, "wash-sale directions did not settle")
-    r2.extra.update(modes=fixed, solves=1)
+    r2.extra.update(modes=fixed, solves=solves)
     return q, r2
 
 

@@ -84,7 +84,7 @@ def orders_to_x(p: HouseholdProblem, hh: Household, lt: LotTax, orders: Orders) 
 
 
 def round_solution(market: Market, hh: Household, p: HouseholdProblem, x: np.ndarray, lt: LotTax,
-                   min_weight: float = 1e-5) -> Orders:
+                   min_weight: float = 1e-6) -> Orders:
     """Orders for the convex solution ``x`` of ``p`` (see the module docstring)."""
     acc, lots = hh.accounts, hh.lots
     V = p.value
@@ -92,7 +92,11 @@ def round_solution(market: Market, hh: Household, p: HouseholdProblem, x: np.nda
     frac_lot = acc.fractional[lots.account] if L else np.zeros(0, bool)
     sold = np.zeros(L)
     forced = np.zeros(L, bool)
-    full_tol = 1e-9
+    # Leaving less than the dust threshold in a lot or a position is selling it in full; a
+    # buy under it is solver noise. The solver's own accuracy is far finer.
+    dust = min_weight
+    x = np.where((p.kind == VarKind.BUY) & (x < dust), 0.0, x)
+    full_tol = dust
 
     # 1. shares
     for j in np.flatnonzero(p.kind == VarKind.LOT_SELL):
@@ -100,9 +104,9 @@ def round_solution(market: Market, hh: Household, p: HouseholdProblem, x: np.nda
         if p.lb[j] > 0:
             forced[l] = True
         s = x[j] * V / lt.price[l]
-        if p.lb[j] > 0 or x[j] >= p.ub[j] - full_tol or s >= lots.shares[l] - 1e-6:
+        if p.lb[j] > 0 or _full(x[j], p.ub[j], full_tol) or s >= lots.shares[l] - 1e-6:
             sold[l] = lots.shares[l] if p.ub[j] > 0 else 0.0
-        else:
+        elif x[j] >= dust:
             sold[l] = _round_down(s, frac_lot[l])
     order = fifo_order(lots.acquired, lots.lot_id)
     for j in np.flatnonzero(p.kind == VarKind.POSITION_SELL):
@@ -113,8 +117,10 @@ def round_solution(market: Market, hh: Household, p: HouseholdProblem, x: np.nda
         if p.lb[j] > 0:
             forced[mine] = True
         s = x[j] * V / px
-        if p.lb[j] > 0 or x[j] >= p.ub[j] - full_tol or s >= total - 1e-6:
+        if p.lb[j] > 0 or _full(x[j], p.ub[j], full_tol) or s >= total - 1e-6:
             s = total if p.ub[j] > 0 else 0.0
+        elif x[j] < dust:
+            s = 0.0
         else:
             s = _round_down(s, acc.fractional[a])
         for l in mine:
@@ -170,6 +176,11 @@ def round_solution(market: Market, hh: Household, p: HouseholdProblem, x: np.nda
         _budget_repair(sold, forced, lots, lt, room, frac_lot)
         _cash_repair(market, hh, p, lt, sold, buys, forced, lot_loc, room)
     return Orders(sold=sold, buys=buys, forced=forced)
+
+
+def _full(x: float, ub: float, tol: float) -> bool:
+    """A sale of ``x`` out of ``ub`` that leaves less than ``tol`` (and is most of it)."""
+    return ub > 0 and x >= ub - tol and x >= 0.5 * ub
 
 
 def _round_down(s: float, fractional: bool) -> float:

@@ -42,8 +42,9 @@ class OptimizerSettings:
     screen_hold_cost : per dollar of a screened gain lot still held (TAX_SENSITIVE divestment).
     wash_window_days : the wash-sale window, both directions.
     min_weight : trades under this fraction of household value are dropped (numerical dust:
-        $10 per $1M).
-    solver_tolerance : relative accuracy asked of the solver.
+        $1 per $1M).
+    solver_tolerance : accuracy asked of the solver, absolute and relative (duality gap and
+        feasibility), in units of household value.
     """
     risk_aversion: float = 100.0
     impact: float = 0.0
@@ -52,7 +53,7 @@ class OptimizerSettings:
     divestment: Divestment = Divestment.IMMEDIATE
     screen_hold_cost: float = 0.02
     wash_window_days: int = 30
-    min_weight: float = 1e-5
+    min_weight: float = 1e-6
     solver_tolerance: float = 1e-8
 
     def __post_init__(self):

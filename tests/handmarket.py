@@ -148,3 +148,40 @@ def household(mkt: Market, accounts: list[dict], lots: list[dict], recent: list[
 
 def days_ago(n: int) -> dt.date:
     return AS_OF - dt.timedelta(days=n)
+
+
+def hand_covariance(ids) -> np.ndarray:
+    """Security covariance ``X F X' + L D L'`` of ``ids`` worked out from this module's
+    constants alone (no rebalancer code), for checking optima by hand.
+
+    Stocks load 1 on equity (and tech for IBM/MSFT) and carry their own specific variance.
+    An index ETF loads 1 on equity and its index's tech weight; its specific risk is its
+    constituents' (look-through) plus a residual of its own, max(d_ETF - sum w^2 d, 0.001^2)
+    (= 1e-6 for IDXA/IDXB/IDXW). BOND and MUNI load 1 on the bond factor.
+    """
+    tech = {IBM: 1.0, MSFT: 1.0}
+    index_of = {IDXA: "IDX", IDXB: "IDX", IDXW: "IDXEW"}
+    rows, var = [], {}
+    for s in ids:
+        if s in index_of:
+            members = INDEX[index_of[s]]
+            rows.append({**members, ("residual", s): 1.0})
+            for c in members:
+                var[c] = SPECIFIC[c]
+            var[("residual", s)] = max(SPECIFIC[s] - sum(w * w * SPECIFIC[c] for c, w in members.items()), 1e-6)
+        else:
+            rows.append({s: 1.0})
+            var[s] = SPECIFIC[s]
+    keys = list(var)
+    L = np.array([[r.get(k, 0.0) for k in keys] for r in rows])
+    X = []
+    for s in ids:
+        if s in (BOND, MUNI):
+            X.append([0.0, 0.0, 1.0])
+        elif s in index_of:
+            X.append([1.0, sum(w * tech.get(c, 0.0) for c, w in INDEX[index_of[s]].items()), 0.0])
+        else:
+            X.append([1.0, tech.get(s, 0.0), 0.0])
+    X = np.array(X)
+    F = np.diag(list(FACTOR_VAR.values()))
+    return X @ F @ X.T + L @ np.diag([var[k] for k in keys]) @ L.T
