@@ -187,12 +187,15 @@ def split_households(market: Market, tables: dict[str, pa.Table]) -> tuple[list[
     acc_hh = _col(A, "household_id").astype(np.int64)
     acc_rows = A.to_pylist()
     acc_groups = _group(acc_hh)
-    lot_groups = _group(_col(Lt, "household_id").astype(np.int64)) if Lt.num_rows else {}
-    trade_groups = _group(_col(R, "household_id").astype(np.int64)) if R.num_rows else {}
+    # A lot or trade belongs to its account's household; its own household_id is checked
+    # against that (a row filed under another household is an error of the account's
+    # household, and must not make the account appear in two households).
+    lot_groups = _group(_owner(acc_id, acc_hh, _col(Lt, "account_id"), _col(Lt, "household_id"))) if Lt.num_rows else {}
+    trade_groups = _group(_owner(acc_id, acc_hh, _col(R, "account_id"), _col(R, "household_id"))) if R.num_rows else {}
 
-    lot_cols = {c: _col(Lt, c) for c in ("lot_id", "account_id", "security_id", "shares", "cost_basis")}
+    lot_cols = {c: _col(Lt, c) for c in ("lot_id", "account_id", "household_id", "security_id", "shares", "cost_basis")}
     lot_acq = _col(Lt, "acquired").astype("datetime64[D]")
-    tr_cols = {c: _col(R, c) for c in ("trade_id", "account_id", "security_id", "shares", "price")}
+    tr_cols = {c: _col(R, c) for c in ("trade_id", "account_id", "household_id", "security_id", "shares", "price")}
     tr_side = np.asarray(R["side"].to_pylist(), object)
     tr_gain = R["realized_gain"].to_numpy(zero_copy_only=False).astype(float)
     tr_date = _col(R, "trade_date").astype("datetime64[D]")
@@ -225,6 +228,18 @@ def split_households(market: Market, tables: dict[str, pa.Table]) -> tuple[list[
     return households, rejections
 
 
+def _owner(acc_id: np.ndarray, acc_hh: np.ndarray, row_acc, row_hh) -> np.ndarray:
+    """Household of each row's account (the row's own household_id when the account is unknown)."""
+    row_acc = np.asarray(row_acc, np.int64)
+    out = np.asarray(row_hh, np.int64).copy()
+    if len(acc_id):
+        order = np.argsort(acc_id, kind="stable")
+        i = np.clip(np.searchsorted(acc_id[order], row_acc), 0, len(acc_id) - 1)
+        known = acc_id[order][i] == row_acc
+        out[known] = acc_hh[order][i][known]
+    return out
+
+
 def _duplicates(ids: np.ndarray) -> set[int]:
     if len(ids) == 0:
         return set()
@@ -234,6 +249,8 @@ def _duplicates(ids: np.ndarray) -> set[int]:
 
 def _build(market, as_of, hid, hh_rows, acc_rows, lot_idx, tr_idx, lot_cols, lot_acq, tr_cols, tr_side, tr_gain,
            tr_date, dup_lots, dup_accounts) -> Household:
+    if not acc_rows and lot_idx is None and tr_idx is None:
+        raise BookDataError("households", f"household_id={hid}", "household_id", "household has no accounts")
     if not acc_rows:
         src = "lots" if lot_idx is not None else "recent_trades"
         aid = int((lot_cols if src == "lots" else tr_cols)["account_id"][(lot_idx if src == "lots" else tr_idx)[0]])
@@ -319,6 +336,9 @@ def _build(market, as_of, hid, hh_rows, acc_rows, lot_idx, tr_idx, lot_cols, lot
              "lot_id", lambda i: "duplicate lot id"),
             (~np.isin(l_acc_id, np.fromiter(acc_pos, np.int64, len(acc_pos))), "account_id",
              lambda i: f"account {int(l_acc_id[i])} is not an account of household {hid}"),
+            (lot_cols["household_id"][idx].astype(np.int64) != hid, "household_id",
+             lambda i: f"lot of account {int(l_acc_id[i])} (household {hid}) filed under household "
+                       f"{int(lot_cols['household_id'][idx][i])}"),
             (l_sec < 0, "security_id", lambda i: f"unknown security {int(lot_cols['security_id'][idx][i])}"),
             (~(np.isfinite(px) & (px > 0)), "price", None),
             (~(np.isfinite(l_sh) & (l_sh > 0)), "shares", lambda i: f"must be > 0 (got {l_sh[i]})"),
@@ -345,6 +365,10 @@ def _build(market, as_of, hid, hh_rows, acc_rows, lot_idx, tr_idx, lot_cols, lot
         key = f"trade_id={int(tr_cols['trade_id'][r])}"
         if int(t_acc_id[i]) not in acc_pos:
             raise BookDataError("recent_trades", key, "account_id", f"account {int(t_acc_id[i])} is not an account of household {hid}")
+        if int(tr_cols["household_id"][r]) != hid:
+            raise BookDataError("recent_trades", key, "household_id",
+                                f"trade of account {int(t_acc_id[i])} (household {hid}) filed under household "
+                                f"{int(tr_cols['household_id'][r])}")
         if t_sec[i] < 0:
             raise BookDataError("recent_trades", key, "security_id", f"unknown security {int(tr_cols['security_id'][r])}")
         side = tr_side[r]
