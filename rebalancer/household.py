@@ -124,6 +124,7 @@ class Rejection:
     table: str
     key: str
     field: str
+    stage: str = "data"  # data | optimization | shard
 
     @classmethod
     def of(cls, account_id: int, household_id: int, err: BookDataError, prefix: str = "") -> "Rejection":
