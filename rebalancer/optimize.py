@@ -210,6 +210,14 @@ def rebalance_household(market: Market, hh: Household, settings: OptimizerSettin
             solves += 1
             if cand.status.usable and not _conflicts(q, cand.x) and cand.objective < best.objective:
                 best_p, best = q, cand
+    if naive_ok and p.objective(naive.x) < best.objective - 1e-7:
+        # Only an inaccurate solve lands this far above a feasible point: keep the better trades.
+        best_p = p
+        best = SolveResult(solver=f"{best.solver}+naive", status=best.status, x=naive.x.copy(),
+                           objective=p.objective(naive.x), primal_residual=max(p.violation(naive.x).values()),
+                           dual_residual=float("nan"), iterations=best.iterations, setup_seconds=best.setup_seconds,
+                           solve_seconds=best.solve_seconds, message="the naive trades were better than the solve",
+                           extra=best.extra)
     if best.status == SolveStatus.OPTIMAL_INACCURATE and status == HouseholdStatus.OPTIMAL:
         status = HouseholdStatus.OPTIMAL_INACCURATE
     timings["solve"] = time.perf_counter() - t
@@ -280,8 +288,16 @@ def _relax_budget(p: HouseholdProblem, solve: Solver, settings: OptimizerSetting
         # The budget is not what makes it infeasible: let the solver say what it says.
         r = solve(p, settings.solver_tolerance)
         return p, r, 1
-    q = p.with_budget(g_min + 1e-9 + 1e-7 * abs(g_min))
-    return q, solve(q, settings.solver_tolerance), 1
+    # The smallest gain leaves a feasible set with no interior: give the solver some room,
+    # more if it still cannot converge. The overrun is reported against the true budget.
+    solves = 0
+    for slack in (1e-8, 1e-7, 1e-6, 1e-5, 1e-4):
+        q = p.with_budget(g_min + slack * (1.0 + abs(g_min)))
+        r = solve(q, settings.solver_tolerance)
+        solves += 1
+        if r.status.usable:
+            break
+    return q, r, solves
 
 
 def _group_flows(p: HouseholdProblem, x: np.ndarray) -> tuple[dict, dict]:
