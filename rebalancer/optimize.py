@@ -190,10 +190,11 @@ def rebalance_household(market: Market, hh: Household, settings: OptimizerSettin
     status = HouseholdStatus.OPTIMAL
     r = solve(p, settings.solver_tolerance)
     solves += 1
-    if r.status == SolveStatus.INFEASIBLE:
-        p, r, extra = _relax_budget(p, solve, settings)
+    if r.status == SolveStatus.INFEASIBLE or (not r.status.usable and math.isfinite(p.budget)):
+        # An unmeetable budget shows up as infeasible, or as a failure when the solver cannot
+        # certify it: the LP in _relax_budget tells which.
+        p, r, extra, _ = _relax_budget(p, solve, settings, r)
         solves += extra
-        status = HouseholdStatus.BUDGET_EXCEEDED
     _check(p, r)
 
     best_p, best = _settle_directions(p, r, solve, settings, {})
@@ -272,9 +273,11 @@ def _check(p: HouseholdProblem, r: SolveResult) -> None:
         raise SolverFailure(p.household_id, r.solver, r.message or str(r.status))
 
 
-def _relax_budget(p: HouseholdProblem, solve: Solver, settings: OptimizerSettings):
-    """Smallest realizable gain under the other hard rules (an LP), then re-solve with it."""
-    N = p.n_vars
+def _relax_budget(p: HouseholdProblem, solve: Solver, settings: OptimizerSettings, first: SolveResult):
+    """After a solve that failed or found no feasible point: the smallest realizable gain under
+    the other hard rules (an LP); if the budget is below it, or so close to it that the
+    feasible set is too thin for the solver, solve with the budget raised just above it.
+    Returns (problem, result, solves, relaxed)."""
     C = p.cash_matrix()
     ub = np.where(np.isfinite(p.ub), p.ub, None)
     lp = so.linprog(p.gain, A_ub=C, b_ub=p.cash_rhs, bounds=list(zip(p.lb, ub)), method="highs")
@@ -284,20 +287,18 @@ def _relax_budget(p: HouseholdProblem, solve: Solver, settings: OptimizerSetting
     if lp.status != 0:
         raise SolverFailure(p.household_id, "highs", f"budget feasibility LP: {lp.message}")
     g_min = float(lp.fun)
-    if g_min <= p.budget + 1e-12:
-        # The budget is not what makes it infeasible: let the solver say what it says.
-        r = solve(p, settings.solver_tolerance)
-        return p, r, 1
+    if g_min < p.budget - 1e-4 * (1.0 + abs(g_min)):
+        return p, first, 0, False  # the budget leaves room: it is not what went wrong
     # The smallest gain leaves a feasible set with no interior: give the solver some room,
     # more if it still cannot converge. The overrun is reported against the true budget.
     solves = 0
     for slack in (1e-8, 1e-7, 1e-6, 1e-5, 1e-4):
-        q = p.with_budget(g_min + slack * (1.0 + abs(g_min)))
+        q = p.with_budget(max(p.budget, g_min + slack * (1.0 + abs(g_min))))
         r = solve(q, settings.solver_tolerance)
         solves += 1
         if r.status.usable:
             break
-    return q, r, solves
+    return q, r, solves, True
 
 
 def _group_flows(p: HouseholdProblem, x: np.ndarray) -> tuple[dict, dict]:
@@ -376,9 +377,10 @@ def _settle_directions(p: HouseholdProblem, r: SolveResult, solve: Solver, setti
     q = p.restrict(_mode_mask(p, fixed))
     r2 = solve(q, settings.solver_tolerance)
     solves = 1
-    if r2.status == SolveStatus.INFEASIBLE:
+    if not r2.status.usable and any(m == "buy" for m in fixed.values()):
         # A 'buy' direction forbade a loss sale the budget or a cash reserve needs. 'sell'
-        # only forbids buys, which no hard rule needs, so all-'sell' is always feasible.
+        # only forbids buys, which no hard rule needs, so all-'sell' is always feasible (the
+        # solver may report such an empty set as a failure rather than certify it).
         fixed = {g: "sell" for g in fixed}
         q = p.restrict(_mode_mask(p, fixed))
         r2 = solve(q, settings.solver_tolerance)

@@ -43,6 +43,7 @@ def account_target(market: Market, hh: Household, a: int) -> tuple[np.ndarray, n
         pos = np.concatenate([pos[~is_e], members])
         w = np.concatenate([w[~is_e], we * np.asarray(mw, float)])
     excluded = excluded_mask(market, hh, a)
+    pos0, w0 = pos, w
     keep = ~excluded[pos] & ~np.isin(pos, acc.never_buy[a]) & (w > 0)
     pos, w = pos[keep], w[keep]
     # Merge duplicates (a model stock that is also an index constituent).
@@ -51,7 +52,8 @@ def account_target(market: Market, hh: Household, a: int) -> tuple[np.ndarray, n
     total = w.sum()
     key = f"account_id={int(acc.account_id[a])}"
     if not total > 0:
-        raise BookDataError("accounts", key, "screens",
+        by_screens = bool(np.all(excluded[pos0][w0 > 0]))
+        raise BookDataError("accounts", key, "screens" if by_screens else "never_buy",
                             f"screens and never-buy list exclude every security of model {int(acc.model_id[a])}")
     px = market.price[u]
     bad = ~(np.isfinite(px) & (px > 0))

@@ -224,36 +224,108 @@ def check_wash_and_lists(hh, res):
         assert s not in set(acc.never_sell[a].tolist()), f"account {a} sold never-sell security {s}"
 
 
+def check_budget_report(hh, res):
+    """A household over its budget says so, and by how much."""
+    if res.status == "budget_exceeded":
+        room = budget_room(hh)
+        assert math.isfinite(room)
+        assert res.budget_overrun >= run_gain(hh, res) - room - CENT
+
+
 def check_naive(hh, res):
-    if res.naive_feasible:
-        assert res.objective_continuous <= res.naive_objective + 1e-6 * res.value, (
-            f"optimized {res.objective_continuous:.6f} worse than naive {res.naive_objective:.6f}")
+    """Never worse than a naive rebalance that obeys every rule, whatever the solver status."""
+    if not res.naive_feasible:
+        return
+    assert res.objective_continuous <= res.naive_objective + 1e-6 * res.value, (
+        f"optimized {res.objective_continuous:.6f} worse than naive {res.naive_objective:.6f} "
+        f"(V {res.value:.2f}, status {res.status})")
 
 
-CHECKS = (check_no_shorts, check_prices_and_gains, check_cash, check_budget, check_wash_and_lists, check_naive)
+CHECKS = (check_no_shorts, check_prices_and_gains, check_cash, check_budget, check_budget_report,
+          check_wash_and_lists, check_naive)
 
+PROPERTY_SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=True,
+                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# --- minimal falsifying examples these properties found --------------------------------------
+
+def _acct(typ="taxable", model=1, lots=(), cash=0.0, reserve=0.0, **kw):
+    return dict(dict(type=typ, model=model, fractional=True, lots=list(lots), cash=cash, screens=[], never_sell=[],
+                     never_buy=[], reserve=reserve, deposit=0.0, min_trade=0.0), **kw)
+
+
+def _hh(*specs, **kw):
+    return dict(dict(specs=list(specs), recent=[], tax_budget=None, ytd_realized_st=0.0, ytd_realized_lt=0.0,
+                     loss_carryforward_st=0.0, loss_carryforward_lt=0.0, tax_sensitivity=1.0), **kw)
+
+
+# Account 100 must sell its only lot (IBM at a loss) to meet its reserve; account 101 has cash
+# and a model holding IBM. The first solve buys IBM in 101 and sells the loss lot in 100; the
+# wash-sale direction picked for IBM was "buy" (its buys outweigh its loss sales), which forbade
+# the loss sale, and the re-solve was infeasible: HouseholdInfeasible for a feasible household
+# (selling the lot and buying no IBM obeys every rule). Fixed in 669e2c0 (fall back to "sell").
+RESERVE_NEEDS_LOSS_SALE = _hh(_acct(lots=[(hm.IBM, 1.0, 150.0, 10)], reserve=100.0), _acct(cash=10_000.0))
+
+# Two traditional accounts that may not sell their JNJ and have one dollar of cash each, 0.99
+# of it reserved. Clarabel answers optimal_inaccurate at a point $0.065 (4e-6 V) worse than the
+# naive one, which obeys every rule (naive_feasible is True); the engine kept it until it
+# learned to fall back to the naive trades.
+INACCURATE_WORSE_THAN_NAIVE = _hh(*[
+    _acct("traditional", 5, lots=[(hm.JNJ, 55.0, 75.0, 966)], cash=1.0, reserve=0.99, fractional=False,
+          never_sell=[hm.BOND, hm.JNJ, hm.MUNI], never_buy=[hm.IBM, hm.MSFT, hm.IDXW])
+    for _ in range(2)], tax_sensitivity=0.0)
+
+
+# Account 100 must sell $1 of IDXA (a $0.50 gain) for its reserve and the tax budget is 0, so
+# the budget cannot be met. Clarabel does not always certify that: on this problem it stops
+# with a solver error (status FAILED, not INFEASIBLE); the engine relaxed the budget only on
+# INFEASIBLE, so the household got SolverFailure instead of budget_exceeded (now fixed).
+# Numerically erratic: with account 101's cash at 14,000, 30,000 or 50,000 the solver said
+# infeasible; at 12,000, 15,000, 20,000, 100,000 or more it failed.
+RELAXED_BUDGET_SOLVER_FAILURE = _hh(_acct(lots=[(hm.IDXA, 10.0, 50.0, 1000)], reserve=1.0),
+                                    _acct(cash=15_000.0, screens=["fossil_free"]), tax_budget=0.0,
+                                    tax_sensitivity=0.5)
+
+
+# Account 100 must sell $1.50 of its XOM lot, at a loss, for its reserve; account 101's model
+# buys XOM. The first solve does both; the wash-sale direction chosen for XOM is "buy", which
+# forbids the loss sale: the restricted problem is infeasible, but Clarabel answers with a
+# solver error (FAILED) rather than INFEASIBLE, so the engine's fall-back to "sell" (taken only
+# on INFEASIBLE) never runs and the household gets SolverFailure. Erratic too: with 15,000 or
+# 20,000 of cash in each account Clarabel says infeasible and the household is solved.
+WASH_FALLBACK_SOLVER_FAILURE = _hh(_acct(lots=[(hm.XOM, 10.0, 68.82, 1000)], cash=14_657.97, reserve=14_659.47),
+                                   _acct(cash=14_657.97))
+
+
+# --- the tests -------------------------------------------------------------------------------
 
 def check_household(spec: dict) -> None:
     hh = build(spec)
-    res = rebalance_household(MKT, hh)
+    res = rebalance_household(MKT, hh)  # every generated household is valid and feasible
     for check in CHECKS:
         check(hh, res)
+    simple = spec["tax_budget"] is None and not spec["recent"]
     STATS["examples"] += 1
+    STATS["simple"] += simple
     STATS["naive_feasible"] += bool(res.naive_feasible)
+    STATS["naive_feasible_simple"] += bool(res.naive_feasible) and simple
     STATS["trades"] += len(res.trades) > 0
-    STATS["budget_exceeded"] += res.status == "budget_exceeded"
+    STATS[f"status={res.status}"] += 1
     event(f"naive_feasible={bool(res.naive_feasible)}")
     event(f"status={res.status}")
     target(float(res.naive_objective - res.objective_continuous) / res.value if res.naive_feasible else 0.0,
-           label="naive advantage over optimized (units of V)")
+           label="naive objective minus optimized (units of V)")
 
 
-N_EXAMPLES = 300
+N_EXAMPLES = 1200
 
 
-@settings(max_examples=N_EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=N_EXAMPLES, **PROPERTY_SETTINGS)
 @given(households())
+@example(INACCURATE_WORSE_THAN_NAIVE)
+@example(RESERVE_NEEDS_LOSS_SALE)
+@example(RELAXED_BUDGET_SOLVER_FAILURE)
 def _property_run(spec):
     check_household(spec)
 
@@ -263,7 +335,79 @@ def test_household_properties():
     STATS.clear()
     _property_run()
     n = STATS["examples"]
-    assert n >= N_EXAMPLES // 2, STATS
+    print(f"\nhousehold properties: {dict(STATS)}")
+    assert n >= 0.8 * N_EXAMPLES, STATS
     # The naive comparison must not be vacuous, and the examples must trade.
-    assert STATS["naive_feasible"] >= 0.25 * n, STATS
+    assert STATS["naive_feasible"] >= 0.3 * n, STATS
+    assert STATS["naive_feasible"] - STATS["naive_feasible_simple"] >= 0.1 * (n - STATS["simple"]), STATS
     assert STATS["trades"] >= 0.5 * n, STATS
+
+
+@settings(max_examples=300, **PROPERTY_SETTINGS)
+@given(households())
+@example(RESERVE_NEEDS_LOSS_SALE)
+@example(RELAXED_BUDGET_SOLVER_FAILURE)
+@example(WASH_FALLBACK_SOLVER_FAILURE)
+def test_valid_households_always_get_a_result(spec):
+    """Every generated household has trades obeying every rule (reserves are reachable; an
+    unreachable tax budget gives budget_exceeded), so the engine must return a result."""
+    rebalance_household(MKT, build(spec))
+
+
+def test_reserve_needing_a_loss_sale_while_the_group_is_bought_elsewhere():
+    """Found by the property test (HouseholdInfeasible before 669e2c0: the wash-sale direction
+    'buy' chosen for IBM forbade the loss sale the reserve needs)."""
+    mkt = MKT
+    hh = hm.household(mkt, [hm.account(1, "taxable", 1, 0.0, cash_reserve=100.0),
+                            hm.account(2, "taxable", 1, 10_000.0)],
+                      [hm.lot(1, 1, hm.IBM, 1.0, 150.0, hm.days_ago(10))])
+    res = rebalance_household(mkt, hh)
+    # The lot sold (the reserve needs it), so no IBM bought anywhere.
+    sold = ~res.trades.is_buy
+    assert list(res.trades.lot[sold]) == [0] and res.trades.shares[sold][0] == pytest.approx(1.0)
+    assert not np.any(res.trades.is_buy & (res.trades.security == hm.IBM))
+    for check in CHECKS:
+        check(hh, res)
+
+
+def test_budget_relaxed_for_a_reserve_is_solved():
+    """Found by the property test: SolverFailure instead of budget_exceeded while the engine
+    relaxed an unmeetable budget only when Clarabel said INFEASIBLE (it may fail instead)."""
+    for cash in (12_000.0, 15_000.0, 20_000.0, 100_000.0, 200_000.0, 1_000_000.0):
+        hh = hm.household(MKT, [hm.account(1, "taxable", 1, 0.0, cash_reserve=1.0),
+                                hm.account(2, "taxable", 1, cash, screens=["fossil_free"])],
+                          [hm.lot(1, 1, hm.IDXA, 10.0, 50.0, hm.days_ago(1000))], tax_budget=0.0,
+                          tax_sensitivity=0.5)
+        res = rebalance_household(MKT, hh)
+        assert res.status == "budget_exceeded"
+        # The smallest gain the reserve needs, up to the engine's relaxation slack (<= 1e-4 V).
+        assert 0.5 - CENT <= res.budget_overrun <= 0.5 + CENT + 1e-4 * res.value
+        check_cash(hh, res)
+
+
+def test_wash_direction_fallback_is_solved():
+    for cash in (14_657.97, 50_000.0, 100_000.0):
+        hh = hm.household(MKT, [hm.account(1, "taxable", 1, cash, cash_reserve=round(cash + 1.5, 2)),
+                                hm.account(2, "taxable", 1, cash)],
+                          [hm.lot(1, 1, hm.XOM, 10.0, 68.82, hm.days_ago(1000))])
+        res = rebalance_household(MKT, hh)
+        for check in CHECKS:
+            check(hh, res)
+        sold = ~res.trades.is_buy
+        assert np.any(sold & (res.trades.security == hm.XOM))  # the reserve needs the loss sale
+        assert not np.any(res.trades.is_buy & (res.trades.security == hm.XOM))
+
+
+def test_inaccurate_solve_worse_than_naive_two_iras():
+    """Found by the property test: Clarabel answered optimal_inaccurate and the engine kept a
+    point $0.065 (4e-6 V) worse than the feasible naive one (fixed by keeping the naive trades
+    when they are better)."""
+    mkt = MKT
+    accounts = [hm.account(i, "traditional", 5, 1.0, cash_reserve=0.99, never_sell=[hm.JNJ],
+                           never_buy=[hm.IBM, hm.MSFT], fractional_shares=False) for i in (1, 2)]
+    lots = [hm.lot(i, i, hm.JNJ, 55.0, 75.0, hm.days_ago(966)) for i in (1, 2)]
+    hh = hm.household(mkt, accounts, lots, tax_sensitivity=0.0)
+    res = rebalance_household(mkt, hh)
+    assert res.naive_feasible
+    assert res.objective_continuous <= res.naive_objective + 1e-6 * res.value, (res.status, res.objective_continuous,
+                                                                                 res.naive_objective)
