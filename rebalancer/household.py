@@ -253,9 +253,13 @@ def _build(market, as_of, hid, hh_rows, acc_rows, lot_idx, tr_idx, lot_cols, lot
     if not acc_rows and lot_idx is None and tr_idx is None:
         raise BookDataError("households", f"household_id={hid}", "household_id", "household has no accounts")
     if not acc_rows:
-        src = "lots" if lot_idx is not None else "recent_trades"
-        aid = int((lot_cols if src == "lots" else tr_cols)["account_id"][(lot_idx if src == "lots" else tr_idx)[0]])
-        raise BookDataError(src, f"account_id={aid}", "account_id", f"account {aid} of household {hid} is not in accounts")
+        if lot_idx is not None:
+            r = lot_idx[0]
+            raise BookDataError("lots", f"lot_id={int(lot_cols['lot_id'][r])}", "account_id",
+                                f"account {int(lot_cols['account_id'][r])} of household {hid} is not in accounts")
+        r = tr_idx[0]
+        raise BookDataError("recent_trades", f"trade_id={int(tr_cols['trade_id'][r])}", "account_id",
+                            f"account {int(tr_cols['account_id'][r])} of household {hid} is not in accounts")
     if not hh_rows:
         raise BookDataError("accounts", f"account_id={acc_rows[0]['account_id']}", "household_id",
                             f"household {hid} is not in households")
