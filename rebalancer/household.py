@@ -8,9 +8,8 @@ picture of the household.
 """
 from __future__ import annotations
 
-import datetime as dt
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa

@@ -35,9 +35,8 @@ class NaiveRebalance:
     loss_disallowed: np.ndarray
 
 
-def naive_rebalance(market: Market, hh: Household, p: HouseholdProblem, account_targets: list,
-                    loss_disallowed: np.ndarray) -> NaiveRebalance:
-    """The naive trades of ``hh``; ``account_targets`` and ``loss_disallowed`` as for ``p``."""
+def naive_rebalance(market: Market, hh: Household, p: HouseholdProblem) -> NaiveRebalance:
+    """The naive trades of ``hh``, as a point of ``p`` (whose account targets it follows)."""
     acc, lots = hh.accounts, hh.lots
     V = p.value
     price = market.price[lots.security]
@@ -49,7 +48,7 @@ def naive_rebalance(market: Market, hh: Household, p: HouseholdProblem, account_
     buy_var = dict(zip(zip(p.account[jb].tolist(), p.securities[p.security[jb]].tolist()), jb.tolist()))
     order = fifo_order(lots.acquired, lots.lot_id)
     for a in range(hh.n_accounts):
-        pos, w = account_targets[a]
+        pos, w = p.account_targets[a]
         investable = max(values[a] - acc.reserve[a], 0.0)
         desired = dict(zip(pos.tolist(), (investable * w).tolist()))
         in_a = order[lots.account[order] == a]
@@ -95,4 +94,4 @@ def naive_rebalance(market: Market, hh: Household, p: HouseholdProblem, account_
             x[pos_var[(int(lots.account[l]), int(lots.security[l]))]] += lot_sold[l] / V
     for (a, s), v in bought.items():
         x[buy_var[(a, s)]] += v / V
-    return NaiveRebalance(x=x, lot_sold=lot_sold, bought=bought, loss_disallowed=loss_disallowed | run_disallowed)
+    return NaiveRebalance(x=x, lot_sold=lot_sold, bought=bought, loss_disallowed=p.lots.disallowed | run_disallowed)

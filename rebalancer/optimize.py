@@ -34,24 +34,20 @@ from typing import Callable
 
 import numpy as np
 import scipy.optimize as so
-import scipy.sparse as sp
 
 from .errors import OptimizationError
-from .household import TAXABLE, Household
+from .household import Household
 from .market import Market
 from .naive import NaiveRebalance, naive_rebalance
-from .postprocess import LotTax, Orders, orders_to_x, round_solution
-from .problem import HouseholdProblem, VarKind, build_problem, transition_end
+from .postprocess import Orders, orders_to_x, round_solution
+from .problem import HouseholdProblem, LotTax, VarKind, build_problem, transition_end
 from .reference import solve_reference
 from .schema import TradeReason
 from .settings import OptimizerSettings
 from .solution import SolveResult, SolveStatus
-from .targets import account_values, household_target
-from .taxlots import days_to_long_term, is_long_term, lot_rates, wait_priced_rates
-from .washsale import wash_state
 
 __all__ = ["HouseholdStatus", "Trades", "HouseholdResult", "HouseholdInfeasible", "SolverFailure",
-           "rebalance_household", "lot_tax"]
+           "rebalance_household"]
 
 Solver = Callable[[HouseholdProblem, float], SolveResult]
 _TRADE_TOL = 1e-7  # units of V: below this a trade is solver noise
@@ -153,23 +149,6 @@ class HouseholdResult:
         return (self.bought + self.sold) / self.value if self.value else 0.0
 
 
-def lot_tax(market: Market, hh: Household, date, wash_window_days: int = 30) -> LotTax:
-    """Per-lot tax facts of ``hh`` for a run on ``date``."""
-    lots, acc = hh.lots, hh.accounts
-    price = market.price[lots.security]
-    value = lots.shares * price
-    with np.errstate(divide="ignore", invalid="ignore"):
-        gain = np.where(price > 0, 1.0 - lots.cost_basis / price, 0.0)
-    lt = is_long_term(lots.acquired, date)
-    rate = lot_rates(lt, hh.short_term_rate, hh.long_term_rate, hh.state_rate)
-    priced = wait_priced_rates(rate, gain, days_to_long_term(lots.acquired, date),
-                               hh.short_term_rate, hh.long_term_rate, hh.state_rate)
-    disallowed = wash_state(market, hh, date, wash_window_days).loss_disallowed & (gain < 0)
-    return LotTax(price=price, value=value, gain=gain, long_term=lt, rate=rate, priced=priced,
-                  disallowed=disallowed, g_eff=np.where(disallowed, 0.0, gain),
-                  taxable=acc.account_type[lots.account] == TAXABLE)
-
-
 def rebalance_household(market: Market, hh: Household, settings: OptimizerSettings | None = None,
                         solver: Solver | None = None, date=None) -> HouseholdResult:
     """Rebalance household ``hh`` (see the module docstring)."""
@@ -179,9 +158,9 @@ def rebalance_household(market: Market, hh: Household, settings: OptimizerSettin
     timings: dict[str, float] = {}
     t = time.perf_counter()
     p0 = build_problem(market, hh, settings, date)
-    lt = lot_tax(market, hh, date, settings.wash_window_days)
-    _, _, account_targets = household_target(market, hh)
-    naive = naive_rebalance(market, hh, p0, account_targets, lt.disallowed)
+    lt = p0.lots
+    naive = naive_rebalance(market, hh, p0)
+    naive_obj = p0.objective(naive.x)  # the same function for every restriction of p0
     timings["build"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -211,11 +190,11 @@ def rebalance_household(market: Market, hh: Household, settings: OptimizerSettin
             solves += 1
             if cand.status.usable and not _conflicts(q, cand.x) and cand.objective < best.objective:
                 best_p, best = q, cand
-    if naive_ok and p.objective(naive.x) < best.objective - 1e-7:
+    if naive_ok and naive_obj < best.objective - 1e-7:
         # Only an inaccurate solve lands this far above a feasible point: keep the better trades.
         best_p = p
         best = SolveResult(solver=f"{best.solver}+naive", status=best.status, x=naive.x.copy(),
-                           objective=p.objective(naive.x), primal_residual=max(p.violation(naive.x).values()),
+                           objective=naive_obj, primal_residual=max(p.violation(naive.x).values()),
                            dual_residual=float("nan"), iterations=best.iterations, setup_seconds=best.setup_seconds,
                            solve_seconds=best.solve_seconds, message="the naive trades were better than the solve",
                            extra=best.extra)
@@ -226,7 +205,7 @@ def rebalance_household(market: Market, hh: Household, settings: OptimizerSettin
     t = time.perf_counter()
     orders = round_solution(market, hh, best_p, best.x, lt, settings.min_weight)
     x_round = orders_to_x(best_p, hh, lt, orders)
-    trades = _trades(market, hh, best_p, orders, lt, account_targets)
+    trades = _trades(market, hh, best_p, orders, lt)
     timings["postprocess"] = time.perf_counter() - t
 
     V = p0.value
@@ -251,7 +230,7 @@ def rebalance_household(market: Market, hh: Household, settings: OptimizerSettin
     return HouseholdResult(
         household_id=hh.household_id, status=status, solver=best.solver, value=V, trades=trades,
         objective=obj_round, objective_continuous=obj_cont, rounding_cost=obj_round - obj_cont,
-        naive_objective=p0.objective(naive.x) * V, naive_feasible=naive_ok, primal_residual=best.primal_residual * V,
+        naive_objective=naive_obj * V, naive_feasible=naive_ok, primal_residual=best.primal_residual * V,
         dual_residual=best.dual_residual * V, iterations=best.iterations, solves=solves,
         te_before=math.sqrt(max(p0.tracking_variance(p0.w0), 0.0)),
         te_after=math.sqrt(max(p0.tracking_variance(p0.weights_after(x_round)), 0.0)),
@@ -401,8 +380,7 @@ def _tax_split(hh: Household, lt: LotTax, orders: Orders, naive: NaiveRebalance,
     """
     sold_value = orders.sold * lt.price
     taxable = lt.taxable
-    opt_disallowed = lt.disallowed  # the optimizer never buys a group it sells at a loss
-    opt_g = np.where(opt_disallowed, np.maximum(lt.gain, 0.0), lt.gain)
+    opt_g = lt.g_eff  # the optimizer never buys a group it sells at a loss: no in-run disallowance
     nv_g = np.where(naive.loss_disallowed, np.maximum(lt.gain, 0.0), lt.gain)
     opt = np.where(taxable, sold_value * opt_g * lt.rate, 0.0)
     nv = np.where(taxable, naive.lot_sold * nv_g * lt.rate, 0.0)
@@ -417,10 +395,12 @@ def _tax_split(hh: Household, lt: LotTax, orders: Orders, naive: NaiveRebalance,
             "deferral": gain_part - wait, "wait": wait}
 
 
-def _trades(market: Market, hh: Household, p: HouseholdProblem, orders: Orders, lt: LotTax,
-            account_targets: list) -> Trades:
+def _trades(market: Market, hh: Household, p: HouseholdProblem, orders: Orders, lt: LotTax) -> Trades:
     acc, lots = hh.accounts, hh.lots
     V = p.value
+    in_transition = [acc.transition_years[a] > 0
+                     and p.date < transition_end(acc.transition_start[a], int(acc.transition_years[a]))
+                     for a in range(hh.n_accounts)]
     # Post-trade household weights, to tell a harvest from a rebalance.
     w_after = p.w0.copy()
     loc = np.searchsorted(p.securities, lots.security)
@@ -435,10 +415,9 @@ def _trades(market: Market, hh: Household, p: HouseholdProblem, orders: Orders, 
     for a in range(hh.n_accounts):
         excluded = market.screened(acc.screens[a])
         never_buy = set(acc.never_buy[a].tolist())
-        target_pos = set(account_targets[a][0].tolist())
-        in_transition = acc.transition_years[a] > 0 and p.date < transition_end(acc.transition_start[a], int(acc.transition_years[a]))
+        target_pos = set(p.account_targets[a][0].tolist())
         cash_need = max(acc.reserve[a] - acc.cash[a], 0.0)
-        sell_ls = [l for l in order if lots.account[l] == a and orders.sold[l] > 0]
+        sell_ls = order[(lots.account[order] == a) & (orders.sold[order] > 0)]
         # Cash-raising sales: the cheapest first, up to the shortfall.
         for l in sorted(sell_ls, key=lambda l: (lt.priced[l] * lt.g_eff[l] if lt.taxable[l] else 0.0)):
             s = int(lots.security[l])
@@ -450,7 +429,7 @@ def _trades(market: Market, hh: Household, p: HouseholdProblem, orders: Orders, 
             elif cash_need > 1e-6:
                 reason = TradeReason.CASH
                 cash_need -= v
-            elif in_transition and s not in target_pos:
+            elif in_transition[a] and s not in target_pos:
                 reason = TradeReason.TRANSITION
             elif lt.taxable[l] and lt.gain[l] < 0 and not lt.disallowed[l] and (below_target[loc[l]] or p.target[loc[l]] == 0):
                 reason = TradeReason.HARVEST
@@ -461,14 +440,13 @@ def _trades(market: Market, hh: Household, p: HouseholdProblem, orders: Orders, 
                          v * lt.gain[l] if lt.taxable[l] else 0.0, bool(lt.long_term[l]),
                          bool(lt.taxable[l] and lt.disallowed[l] and lt.gain[l] < 0), reason.value))
     for a in range(hh.n_accounts):
-        in_transition = acc.transition_years[a] > 0 and p.date < transition_end(acc.transition_start[a], int(acc.transition_years[a]))
         deposit_left = acc.deposit[a]
         for i in np.flatnonzero(orders.buys[a] > 0):
             v = orders.buys[a, i] * p.price[i]
             if deposit_left > 1e-6:
                 reason = TradeReason.DEPOSIT
                 deposit_left -= v
-            elif in_transition:
+            elif in_transition[a]:
                 reason = TradeReason.TRANSITION
             elif harvested and above_target[i]:
                 reason = TradeReason.HARVEST

@@ -25,34 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .household import TAXABLE, Household
+from .household import Household
 from .market import Market
-from .problem import HouseholdProblem, VarKind
+from .problem import HouseholdProblem, LotTax, VarKind
 from .taxlots import fifo_order
 
-__all__ = ["Orders", "LotTax", "round_solution", "orders_to_x"]
+__all__ = ["Orders", "round_solution", "orders_to_x"]
 
 _SHARE_EPS = 1e-9
-
-
-@dataclass(frozen=True, eq=False)
-class LotTax:
-    """Per-lot tax facts of a household at the run date, arrays (L,).
-
-    price : USD/share; value : USD; gain : gain per dollar (1 - basis/price); long_term : bool;
-    rate : the lot's own rate; priced : the optimizer's rate (wait pricing);
-    disallowed : a loss on it gets no benefit (wash sale); g_eff : gain per dollar counted for
-    tax and budget (0 for a disallowed loss); taxable : the lot is in a taxable account.
-    """
-    price: np.ndarray
-    value: np.ndarray
-    gain: np.ndarray
-    long_term: np.ndarray
-    rate: np.ndarray
-    priced: np.ndarray
-    disallowed: np.ndarray
-    g_eff: np.ndarray
-    taxable: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,7 +154,7 @@ def round_solution(market: Market, hh: Household, p: HouseholdProblem, x: np.nda
     room = p.budget * V if math.isfinite(p.budget) else math.inf
     for _ in range(2):
         _budget_repair(sold, forced, lots, lt, room, frac_lot)
-        _cash_repair(market, hh, p, lt, sold, buys, forced, lot_loc, room)
+        _cash_repair(market, hh, p, lt, sold, buys)
     return Orders(sold=sold, buys=buys, forced=forced)
 
 
@@ -211,7 +191,7 @@ def _budget_repair(sold, forced, lots, lt: LotTax, room: float, frac_lot) -> Non
         excess = _realized(sold, lt) - room
 
 
-def _cash_repair(market: Market, hh: Household, p: HouseholdProblem, lt: LotTax, sold, buys, forced, lot_loc, room) -> None:
+def _cash_repair(market: Market, hh: Household, p: HouseholdProblem, lt: LotTax, sold, buys) -> None:
     acc, lots = hh.accounts, hh.lots
     for a in range(hh.n_accounts):
         in_a = lots.account == a

@@ -44,17 +44,54 @@ from .errors import BookDataError
 from .household import TAXABLE, Household
 from .market import Market
 from .settings import Divestment, OptimizerSettings
-from .targets import account_values, household_target
+from .targets import household_target
 from .taxlots import days_to_long_term, is_long_term, lot_rates, wait_priced_rates
-from .washsale import wash_state
+from .washsale import WashState, wash_state
 
-__all__ = ["VarKind", "HouseholdProblem", "build_problem", "transition_allowance", "transition_end"]
+__all__ = ["VarKind", "LotTax", "lot_tax", "HouseholdProblem", "build_problem", "transition_allowance", "transition_end"]
 
 
 class VarKind(enum.IntEnum):
     LOT_SELL = 0
     POSITION_SELL = 1
     BUY = 2
+
+
+@dataclass(frozen=True, eq=False)
+class LotTax:
+    """Per-lot tax facts of a household at the run date, arrays (L,).
+
+    price : USD/share; value : USD; gain : gain per dollar (1 - basis/price); long_term : bool;
+    rate : the lot's own rate; priced : the optimizer's rate (wait pricing);
+    disallowed : a loss on it gets no benefit (wash sale); g_eff : gain per dollar counted for
+    tax and budget (0 for a disallowed loss); taxable : the lot is in a taxable account.
+    """
+    price: np.ndarray
+    value: np.ndarray
+    gain: np.ndarray
+    long_term: np.ndarray
+    rate: np.ndarray
+    priced: np.ndarray
+    disallowed: np.ndarray
+    g_eff: np.ndarray
+    taxable: np.ndarray
+
+
+def lot_tax(market: Market, hh: Household, date, wash: WashState) -> LotTax:
+    """Per-lot tax facts of ``hh`` for a run on ``date`` with wash-sale state ``wash``."""
+    lots, acc = hh.lots, hh.accounts
+    price = market.price[lots.security]
+    value = lots.shares * price
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.where(price > 0, 1.0 - lots.cost_basis / price, 0.0)
+    lt = is_long_term(lots.acquired, date)
+    rate = lot_rates(lt, hh.short_term_rate, hh.long_term_rate, hh.state_rate)
+    priced = wait_priced_rates(rate, gain, days_to_long_term(lots.acquired, date),
+                               hh.short_term_rate, hh.long_term_rate, hh.state_rate)
+    disallowed = wash.loss_disallowed & (gain < 0)
+    return LotTax(price=price, value=value, gain=gain, long_term=lt, rate=rate, priced=priced,
+                  disallowed=disallowed, g_eff=np.where(disallowed, 0.0, gain),
+                  taxable=acc.account_type[lots.account] == TAXABLE)
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +106,8 @@ class HouseholdProblem:
     (realized gain per unit sold, for the budget), ``loss_sale`` (a sale at a loss, for
     in-run wash-sale exclusivity), ``wash_group`` (the security's group).
     Rows: ``cash_rhs`` (A,) and ``budget`` (inf: no cap).
+    Household facts the problem was built from: ``lots`` (:class:`LotTax`) and
+    ``account_targets`` (per account, (positions, weights)).
     """
     household_id: int
     date: np.datetime64
@@ -99,6 +138,8 @@ class HouseholdProblem:
     budget: float
     constant: float
     n_accounts: int
+    lots: LotTax
+    account_targets: tuple
 
     @property
     def n_vars(self) -> int:
@@ -202,20 +243,11 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
     acc, lots = hh.accounts, hh.lots
     A = hh.n_accounts
     tgt_pos, tgt_w, account_targets = household_target(market, hh)
-    values = account_values(market, hh)
-    V = float(values.sum())
 
-    lot_px = market.price[lots.security]
-    lot_value = lots.shares * lot_px
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lot_gain = np.where(lot_px > 0, 1.0 - lots.cost_basis / lot_px, 0.0)
-    taxable_lot = acc.account_type[lots.account] == TAXABLE
-    lt = is_long_term(lots.acquired, date)
-    rate = lot_rates(lt, hh.short_term_rate, hh.long_term_rate, hh.state_rate)
-    priced = wait_priced_rates(rate, lot_gain, days_to_long_term(lots.acquired, date),
-                               hh.short_term_rate, hh.long_term_rate, hh.state_rate)
     wash = wash_state(market, hh, date, settings.wash_window_days)
-    g_eff = np.where(wash.loss_disallowed & (lot_gain < 0), 0.0, lot_gain)
+    lt = lot_tax(market, hh, date, wash)
+    lot_value, lot_gain, priced, g_eff = lt.value, lt.gain, lt.priced, lt.g_eff
+    V = float(lot_value.sum() + acc.cash.sum())  # > 0: household_target checked it
 
     # The household's securities: held, targeted, and buyable substitutes of its funds.
     held = np.unique(lots.security)
@@ -228,7 +260,6 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
         base = np.union1d(base, subs)
     secs = base
     n = len(secs)
-    loc = {int(p): i for i, p in enumerate(secs)}
     target = np.zeros(n)
     target[np.searchsorted(secs, tgt_pos)] = tgt_w
     w0 = np.zeros(n)
@@ -320,7 +351,8 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
         lot=np.concatenate(lot_l).astype(np.int64), lb=lb_, ub=ub_, cost=np.concatenate(cost),
         impact=np.full(N, tax_weight * settings.impact), gain=np.concatenate(gain),
         loss_sale=np.concatenate(loss).astype(bool), wash_group=market.wash_group[secs][security],
-        cash_rhs=cash_rhs, budget=room / V, constant=constant, n_accounts=A)
+        cash_rhs=cash_rhs, budget=room / V, constant=constant, n_accounts=A, lots=lt,
+        account_targets=tuple(account_targets))
 
 
 def _psd_factor(F: np.ndarray) -> np.ndarray:

@@ -35,7 +35,6 @@ _STATUS = {
 def solve_reference(p: HouseholdProblem, tolerance: float = 1e-8) -> SolveResult:
     """Solve ``p`` with cvxpy + Clarabel; never raises for solver trouble (see ``status``)."""
     t0 = time.perf_counter()
-    N = p.n_vars
     ub = p.ub
     free = ub > p.lb + 1e-15
     fixed_x = np.where(free, 0.0, p.lb)
@@ -88,7 +87,7 @@ def solve_reference(p: HouseholdProblem, tolerance: float = 1e-8) -> SolveResult
     primal = max(p.violation(xs).values()) if status.usable else float("nan")
     dual = float("nan")
     if status.usable:
-        dual = _kkt_residual(p, xs, fi, cons, fin, has_budget)
+        dual = _kkt_residual(p, xs, fi, cons, fin, has_budget, A, C, M1)
         xs = np.clip(xs, p.lb, np.where(np.isfinite(ub), ub, np.inf))
     return SolveResult(
         solver=SOLVER_NAME, status=status, x=xs, objective=p.objective(xs) if status.usable else float("nan"),
@@ -96,12 +95,11 @@ def solve_reference(p: HouseholdProblem, tolerance: float = 1e-8) -> SolveResult
         solve_seconds=solve_s, message=message)
 
 
-def _kkt_residual(p: HouseholdProblem, x: np.ndarray, fi: np.ndarray, cons, fin, has_budget) -> float:
-    """Stationarity residual ``|grad f + duals' grad g|_inf`` over the free variables."""
+def _kkt_residual(p: HouseholdProblem, x: np.ndarray, fi: np.ndarray, cons, fin, has_budget, A, C, M1) -> float:
+    """Stationarity residual ``|grad f + duals' grad g|_inf`` over the free variables
+    (A, C, M1: the incidence, cash and factor matrices of the solve)."""
     try:
-        A = p.incidence()
         a = p.weights_after(x) - p.target
-        M1 = p.factor_chol.T @ p.exposures.T
         S = p.lookthrough * p.specific_var[None, :]
         g_w = 2.0 * p.risk_aversion * (M1.T @ (M1 @ a) + S @ (p.lookthrough.T @ a))
         grad = (A.T @ g_w + p.cost + 2.0 * p.impact * x)[fi]
@@ -110,7 +108,7 @@ def _kkt_residual(p: HouseholdProblem, x: np.ndarray, fi: np.ndarray, cons, fin,
         if fin.any():
             r[np.flatnonzero(fin)] += cons[k].dual_value
             k += 1
-        r += p.cash_matrix()[:, fi].T @ cons[k].dual_value
+        r += C[:, fi].T @ cons[k].dual_value
         k += 1
         if has_budget:
             r += p.gain[fi] * float(cons[k].dual_value)

@@ -52,7 +52,7 @@ def main() -> None:
     rebalance_household(market, by_kind["small"][0])  # warm imports and caches
     out = {}
     for kind, sample in by_kind.items():
-        times, solves, per_solve, lots, vars_ = [], [], [], [], []
+        times, solves, per_solve, lots = [], [], [], []
         for hh in sample:
             ts = []
             for _ in range(a.repeats):

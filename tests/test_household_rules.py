@@ -713,8 +713,7 @@ def test_8_direct_index_replaces_the_etf_by_its_screened_constituents(m):
 
 def test_9_withdrawal_reserve_is_raised_from_the_cheapest_lots(m):
     """A taxable account with no cash and a $50,000 reserve raises exactly the reserve, from the
-    lots cheapest to sell; the IRA restores the household's weights at no tax."""
-    V = 2_000_000
+    lots cheapest to sell; the IRA restores the household's weights at no tax ($2M household)."""
     hh = household(m, [account(10, "taxable", 1, cash_reserve=50_000), account(20, "traditional", 1)], [
         lot(1, 10, IBM, 300, 50, days_ago(800)),  # $30,000, g = 0.5: tax 0.144 per dollar
         lot(2, 10, MSFT, 150, 100, days_ago(800)),  # $30,000, g = 0.5: 0.144
