@@ -1,8 +1,10 @@
 """The ``rebalance`` command.
 
 Subcommands: ``generate`` (a synthetic book), ``validate`` (a book against the data contract),
-``household`` (rebalance one household and print its trades), ``schema`` (print the contract). Exit status: 0 success, 1 the book has errors, 2 bad usage or
-an unreadable input.
+``household`` (rebalance one household and print its trades), ``run`` (rebalance the whole
+book on Ray), ``schema`` (print the contract). Exit status: 0 success, 1 the book has errors,
+2 bad usage or an unreadable input, 3 a run finished incomplete (shards failed; re-run with
+the same ``--run-id`` to finish it).
 """
 from __future__ import annotations
 
@@ -151,6 +153,39 @@ def cmd_household(args) -> int:
     return 0
 
 
+def add_run_args(r: argparse.ArgumentParser) -> None:
+    """Arguments of ``rebalance run`` and ``jobs/rebalance_book.py``."""
+    from cluster.plan import DEFAULT_SHARD_WORK
+
+    r.add_argument("--book", required=True, help="book URI: path, file:// or s3://bucket/prefix")
+    r.add_argument("--out", required=True, help="where runs go: outputs are written under <out>/<run-id>/")
+    r.add_argument("--date", type=dt.date.fromisoformat, default=None, help="trade date (default: the book's as-of date)")
+    r.add_argument("--run-id", default=None,
+                   help="run id (default: a new one, <date>-<time>-<hex>); an existing id resumes that run, "
+                        "skipping its complete shards")
+    r.add_argument("--address", default=None,
+                   help="Ray cluster to join (else RAY_ADDRESS; with neither, a local Ray is started for the run)")
+    r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    r.add_argument("--solver", default="reference", choices=["reference"], help="household solver")
+    r.add_argument("--shard-work", type=float, default=DEFAULT_SHARD_WORK,
+                   help="work per shard, in lots + positions + 40 per household")
+    r.add_argument("--max-in-flight", type=int, default=None, help="tasks in flight (default: twice the cluster's CPUs)")
+    r.add_argument("--json", action="store_true", help="print summary.json instead of the one-screen summary")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    _s3_args(r)
+
+
+def cmd_run(args) -> int:
+    from cluster.driver import RunRequest, run_book
+
+    req = RunRequest(book=args.book, out=args.out, run_id=args.run_id, date=args.date, address=args.address,
+                     solver=args.solver, shard_work=args.shard_work, max_in_flight=args.max_in_flight,
+                     num_cpus=args.num_cpus, s3=_s3(args))
+    outcome = run_book(req, stream=None if args.quiet else sys.stderr)
+    print(json.dumps(outcome.summary, indent=2, sort_keys=True) if args.json else outcome.text)
+    return 0 if outcome.complete else 3
+
+
 def cmd_schema(args) -> int:
     from rebalancer.schema import contract_markdown
 
@@ -188,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--json", action="store_true", help="print the result as JSON")
     _s3_args(h)
     h.set_defaults(func=cmd_household)
+
+    r = sub.add_parser("run", help="rebalance every household of a book on Ray (exit 3 if shards failed)")
+    add_run_args(r)
+    r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("schema", help="print the data contract as Markdown")
     s.add_argument("--markdown", action="store_true", help="(the only format)")

@@ -36,3 +36,7 @@ class StorageError(RebalancerError):
 
 class OptimizationError(RebalancerError):
     """A household problem could not be solved (infeasible, numerical failure)."""
+
+
+class RunError(RebalancerError):
+    """A run cannot start or resume: a bad run id, or a run id already used for other inputs."""

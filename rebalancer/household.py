@@ -18,7 +18,7 @@ from .errors import BookDataError
 from .market import Market
 from .schema import AccountType, TradeSide
 
-__all__ = ["Accounts", "Lots", "RecentTrades", "Household", "Rejection", "split_households", "TAXABLE", "TRADITIONAL", "ROTH"]
+__all__ = ["Accounts", "Lots", "RecentTrades", "Household", "Rejection", "split_households", "select_households", "TAXABLE", "TRADITIONAL", "ROTH"]
 
 TAXABLE, TRADITIONAL, ROTH = 0, 1, 2
 _ACCOUNT_TYPE = {AccountType.TAXABLE.value: TAXABLE, AccountType.TRADITIONAL.value: TRADITIONAL, AccountType.ROTH.value: ROTH}
@@ -399,3 +399,27 @@ def _build(market, as_of, hid, hh_rows, acc_rows, lot_idx, tr_idx, lot_cols, lot
         tax_budget=float(budget) if budget is not None else math.nan, fee_rate=float(h["fee_rate"]),
         tax_sensitivity=float(h["tax_sensitivity"]), accounts=accounts, lots=lots, recent=recent,
         advisor_id=int(h.get("advisor_id") or 0))
+
+
+def select_households(tables: dict[str, pa.Table], keep) -> dict[str, pa.Table]:
+    """The rows of a shard's household tables that belong to the households ``keep`` selects.
+
+    ``keep`` maps an int64 array of household ids to a boolean mask. A lot or trade goes with
+    its *account's* household (its own ``household_id`` when the account is unknown), exactly
+    as :func:`split_households` files it, so a row whose ``household_id`` disagrees with its
+    account's cannot land in a different selection from its account.
+    """
+    H, A, Lt, R = (tables[n] for n in ("households", "accounts", "lots", "recent_trades"))
+    acc_id = _col(A, "account_id").astype(np.int64)
+    acc_hh = _col(A, "household_id").astype(np.int64)
+
+    def take(t: pa.Table, owners: np.ndarray) -> pa.Table:
+        mask = np.asarray(keep(owners), bool)
+        return t if mask.all() else t.filter(pa.array(mask))
+
+    out = dict(tables)
+    out["households"] = take(H, _col(H, "household_id").astype(np.int64))
+    out["accounts"] = take(A, acc_hh)
+    out["lots"] = take(Lt, _owner(acc_id, acc_hh, _col(Lt, "account_id"), _col(Lt, "household_id")))
+    out["recent_trades"] = take(R, _owner(acc_id, acc_hh, _col(R, "account_id"), _col(R, "household_id")))
+    return out

@@ -39,11 +39,7 @@ TRADES_SCHEMA = pa.schema([
 ])
 
 _HH_FIELDS = [
-    ("status", pa.string(), "optimal | optimal_inaccurate | budget_exceeded."),
-    ("solver", pa.string(), "Solver that produced the trades."),
     ("value", pa.float64(), "Household value before trades, USD."),
-    ("accounts", pa.int32(), "Accounts in the household."),
-    ("trades", pa.int32(), "Trade rows."),
     ("te_before", pa.float64(), "Tracking error before trades (annual volatility)."),
     ("te_after", pa.float64(), "Tracking error after trades."),
     ("te_naive", pa.float64(), "Tracking error after the naive rebalance."),
@@ -73,17 +69,22 @@ _HH_FIELDS = [
     ("dual_residual", pa.float64(), "KKT stationarity residual, USD."),
     ("iterations", pa.int32(), "Solver iterations of the final solve."),
     ("solves", pa.int32(), "Solves for this household."),
-    ("build_seconds", pa.float64(), "Time building the problem and the naive rebalance."),
-    ("solve_seconds", pa.float64(), "Time in solves."),
-    ("postprocess_seconds", pa.float64(), "Time rounding and repairing."),
 ]
-HOUSEHOLDS_SCHEMA = pa.schema([_f("household_id", pa.int64(), "Household.")]
-                              + [_f(n, t, d) for n, t, d in _HH_FIELDS])
+# Timings are not columns: the outputs of a run are a pure function of its inputs (same bytes
+# on a re-run or a retried task); per-shard timings go to the shard's completion record.
+HOUSEHOLDS_SCHEMA = pa.schema(
+    [_f("household_id", pa.int64(), "Household."),
+     _f("status", pa.string(), "optimal | optimal_inaccurate | budget_exceeded | rejected."),
+     _f("solver", pa.string(), "Solver that produced the trades; null if rejected.", True),
+     _f("reason", pa.string(), "Why the household was rejected (its first rejected account's reason); null otherwise.", True),
+     _f("accounts", pa.int32(), "Accounts in the household (rejected: accounts rejected)."),
+     _f("trades", pa.int32(), "Trade rows.")]
+    + [_f(n, t, d + " Null if rejected.", True) for n, t, d in _HH_FIELDS])
 
 REJECTED_SCHEMA = pa.schema([
     _f("account_id", pa.int64(), "Account that could not be processed."),
     _f("household_id", pa.int64(), "Its household (rejected whole)."),
-    _f("stage", pa.string(), "data (bad input) | optimization (infeasible, solver failure) | shard (unreadable input)."),
+    _f("stage", pa.string(), "data (bad input) | optimization (infeasible, solver failure) | error (an unexpected failure of this household's run)."),
     _f("reason", pa.string(), "What is wrong, naming the table, row and field where there is one."),
     _f("table", pa.string(), "Table of the offending record.", True),
     _f("key", pa.string(), "Its key.", True),
@@ -126,17 +127,24 @@ def trades_table(pairs: Iterable[tuple[Household, HouseholdResult]], market: Mar
     return pa.Table.from_arrays(arrays, schema=TRADES_SCHEMA)
 
 
-def households_table(pairs: Iterable[tuple[Household, HouseholdResult]]) -> pa.Table:
+def households_table(pairs: Iterable[tuple[Household, HouseholdResult]],
+                     rejections: Iterable[Rejection] = ()) -> pa.Table:
+    """One row per household rebalanced (``pairs``) and per household rejected, by household id."""
     rows = []
     for hh, r in pairs:
-        row = {"household_id": hh.household_id, "accounts": hh.n_accounts, "trades": len(r.trades),
-               "turnover": r.turnover, "build_seconds": r.timings.get("build", 0.0),
-               "solve_seconds": r.timings.get("solve", 0.0), "postprocess_seconds": r.timings.get("postprocess", 0.0)}
+        row = {"household_id": hh.household_id, "status": str(r.status), "solver": r.solver, "reason": None,
+               "accounts": hh.n_accounts, "trades": len(r.trades), "turnover": r.turnover}
         for name, _, _ in _HH_FIELDS:
             if name not in row:
-                v = getattr(r, name)
-                row[name] = str(v) if name in ("status", "solver") else v
+                row[name] = getattr(r, name)
         rows.append(row)
+    rejected: dict[int, list[Rejection]] = {}
+    for j in rejections:
+        rejected.setdefault(j.household_id, []).append(j)
+    for hid, js in rejected.items():
+        rows.append({"household_id": hid, "status": "rejected", "solver": None, "reason": js[0].reason,
+                     "accounts": len({j.account_id for j in js}), "trades": 0})
+    rows.sort(key=lambda x: x["household_id"])
     return pa.Table.from_pylist(rows, schema=HOUSEHOLDS_SCHEMA) if rows else HOUSEHOLDS_SCHEMA.empty_table()
 
 

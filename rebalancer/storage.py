@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from .errors import StorageError
 
-__all__ = ["S3Options", "Location", "open_uri", "PARQUET_WRITE_OPTIONS"]
+__all__ = ["S3Options", "Location", "open_uri", "parquet_bytes", "PARQUET_WRITE_OPTIONS"]
 
 # Fixed writer settings: together with deterministic row order they make "same inputs, same
 # bytes" hold for every file we write (no timestamps go into Parquet metadata).
@@ -136,6 +136,11 @@ class Location:
         sel = pafs.FileSelector(self.join(rel), allow_not_found=True, recursive=False)
         return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File)
 
+    def sizes(self, rel: str) -> dict[str, int]:
+        """Name -> size in bytes of the files directly under ``rel``; empty if it does not exist."""
+        sel = pafs.FileSelector(self.join(rel), allow_not_found=True, recursive=False)
+        return {posixpath.basename(i.path): i.size for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File}
+
     def total_size(self, rel: str = "") -> tuple[int, int]:
         """(number of files, bytes) under ``rel``, recursively."""
         sel = pafs.FileSelector(self.join(rel) if rel else self.path, allow_not_found=True, recursive=True)
@@ -181,6 +186,12 @@ class Location:
         pq.write_table(table, tmp, filesystem=self.fs, **PARQUET_WRITE_OPTIONS)
         self._commit(tmp, path)
 
+    def delete(self, rel: str) -> None:
+        """Delete one file if it exists."""
+        path = self.join(rel)
+        if self.fs.get_file_info(path).type == pafs.FileType.File:
+            self.fs.delete_file(path)
+
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.join(rel), filesystem=self.fs, columns=columns)
 
@@ -190,6 +201,13 @@ class Location:
     def _commit(self, tmp: str, path: str) -> None:
         if tmp != path:
             self.fs.move(tmp, path)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """``table`` as a Parquet file with the project's fixed settings (deterministic bytes)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **PARQUET_WRITE_OPTIONS)
+    return sink.getvalue().to_pybytes()
 
 
 def open_uri(uri: str, s3: S3Options | None = None) -> Location:

@@ -1,0 +1,216 @@
+"""One shard's work, start to finish, in one process: what a Ray task runs (no ray here).
+
+:func:`run_shard` reads the shard's households from the book, splits them into checked
+households and rejected accounts, rebalances each household, writes the shard's three output
+files and then its completion record, and returns that record (small: counts, totals, file
+sizes and hashes, timings). It checks that every account it read ends in exactly one output.
+
+Failures:
+- bad records reject their household (stage ``data``), a household the optimizer cannot solve
+  is rejected with stage ``optimization``; an unexpected exception in one household rejects
+  that household with stage ``error`` and the exception named, and the shard goes on;
+- an input file that cannot be read or does not fit the data contract raises
+  :class:`ShardInputError` naming the file: the shard writes nothing;
+- accounts in != accounts out raises ``AssertionError``: a bug, never written as complete.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from rebalancer.book import Book, table_path
+from rebalancer.errors import BookLayoutError, OptimizationError, StorageError
+from rebalancer.household import Household, Rejection, select_households, split_households
+from rebalancer.market import Market
+from rebalancer.optimize import HouseholdResult, rebalance_household
+from rebalancer.outputs import households_table, rejected_table, trades_table
+from rebalancer.reference import solve_reference
+from rebalancer.schema import HOUSEHOLD_TABLES, REFERENCE_TABLES, TABLES, conform
+from rebalancer.settings import OptimizerSettings
+from rebalancer.storage import S3Options, open_uri, parquet_bytes
+from rebalancer.totals import shard_totals
+
+from .layout import RunLayout
+from .plan import Piece, Shard, part_mask
+
+__all__ = ["SOLVERS", "ShardJob", "ShardInputError", "run_shard", "settings_to_json", "settings_from_json"]
+
+SOLVERS = {"reference": solve_reference}
+# Key columns a shard needs to file rows under households; a null in one makes the file unusable.
+_KEYS = {"households": ("household_id",), "accounts": ("account_id", "household_id"),
+         "lots": ("lot_id", "account_id", "household_id"), "recent_trades": ("account_id", "household_id")}
+_MAX_EXAMPLES = 5
+
+
+class ShardInputError(BookLayoutError):
+    """A shard's input file cannot be read or does not fit the data contract."""
+
+    def __init__(self, shard: Shard, file: str, message: str):
+        self.shard_id, self.file = shard.shard_id, file
+        super().__init__(f"{shard.label()}: {file}: {message}")
+
+
+def settings_to_json(s: OptimizerSettings) -> dict:
+    return {k: (str(v) if not isinstance(v, (int, float, bool)) else v) for k, v in asdict(s).items()}
+
+
+def settings_from_json(d: dict) -> OptimizerSettings:
+    return OptimizerSettings(**d)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything a task needs (small and picklable; no credentials: workers take those from
+    their own environment, as the driver does)."""
+    book_uri: str
+    book_fingerprint: str
+    out_uri: str
+    run_id: str
+    shard: Shard
+    n_buckets: int
+    date: dt.date
+    solver: str = "reference"
+    settings: OptimizerSettings = field(default_factory=OptimizerSettings)
+    s3: S3Options | None = None
+
+
+# Reference data of a book, kept per worker process: a worker runs many shards of one book.
+_MARKETS: dict[tuple[str, str], Market] = {}
+_MARKETS_LOCK = threading.Lock()
+
+
+def _market(book: Book, fingerprint: str) -> Market:
+    key = (book.loc.uri, fingerprint)
+    with _MARKETS_LOCK:
+        m = _MARKETS.get(key)
+        if m is None:
+            tables = {t.name: book.read(t.name) for t in REFERENCE_TABLES}
+            m = Market.from_tables(tables, book.as_of)
+            _MARKETS.clear()  # one book at a time per worker
+            _MARKETS[key] = m
+        return m
+
+
+def _read_piece(book: Book, shard: Shard, piece: Piece, n_buckets: int) -> dict[str, pa.Table]:
+    tables = {}
+    for spec in HOUSEHOLD_TABLES:
+        rel = table_path(spec, piece.bucket)
+        try:
+            t = conform(book.loc.read_parquet(rel), spec)
+        except FileNotFoundError:
+            raise ShardInputError(shard, rel, "file is missing") from None
+        except (OSError, pa.ArrowException, ValueError) as e:
+            raise ShardInputError(shard, rel, f"cannot be read: {e}") from None
+        for col in _KEYS[spec.name]:
+            nulls = t[col].null_count
+            if nulls:
+                raise ShardInputError(shard, rel, f"{nulls} row(s) with a null {col}; rows cannot be filed under households")
+        tables[spec.name] = t
+    hh_ids = tables["households"]["household_id"].to_numpy()
+    stray = hh_ids[hh_ids % n_buckets != piece.bucket]
+    if len(stray):
+        raise ShardInputError(shard, table_path(TABLES["households"], piece.bucket),
+                              f"household_id {int(stray[0])} belongs to bucket {int(stray[0]) % n_buckets}, "
+                              f"not {piece.bucket} ({len(stray)} such row(s))")
+    return select_households(tables, lambda ids: part_mask(ids, n_buckets, piece))
+
+
+def _accounts_in(tables: dict[str, pa.Table]) -> set[int]:
+    ids: set[int] = set()
+    for name in ("accounts", "lots", "recent_trades"):
+        ids.update(np.unique(tables[name]["account_id"].to_numpy()).tolist())
+    return ids
+
+
+def run_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> dict:
+    """Rebalance one shard and write its outputs; returns its completion record."""
+    t_start = time.perf_counter()
+    timings = dict.fromkeys(("read", "split", "build", "solve", "postprocess", "write"), 0.0)
+    shard = job.shard
+    try:
+        solve = SOLVERS[job.solver]
+    except KeyError:
+        raise ValueError(f"unknown solver {job.solver!r}; choose from {sorted(SOLVERS)}") from None
+
+    t = time.perf_counter()
+    try:
+        book = Book.open(job.book_uri, job.s3)
+        market = _market(book, job.book_fingerprint)
+    except (BookLayoutError, StorageError, OSError) as e:
+        raise ShardInputError(shard, "reference tables", str(e)) from None
+    parts = [_read_piece(book, shard, p, job.n_buckets) for p in shard.pieces]
+    tables = {n: pa.concat_tables([p[n] for p in parts]) for n in parts[0]}
+    timings["read"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    households, rejections = split_households(market, tables)
+    accounts_in = _accounts_in(tables)
+    timings["split"] = time.perf_counter() - t
+
+    pairs: list[tuple[Household, HouseholdResult]] = []
+    date = job.date
+    for i, hh in enumerate(households):
+        try:
+            r = rebalance_household(market, hh, job.settings, solve, date)
+        except OptimizationError as e:
+            rejections.extend(_reject(hh, "optimization", str(e)))
+        except Exception as e:  # noqa: BLE001 - one household's failure must not sink the shard
+            rejections.extend(_reject(hh, "error", f"unexpected {type(e).__name__}: {e}"))
+        else:
+            pairs.append((hh, r))
+            for k in ("build", "solve", "postprocess"):
+                timings[k] += r.timings.get(k, 0.0)
+        if progress is not None:
+            progress(i + 1)
+    if progress is not None and not households:
+        progress(0)
+
+    # Nothing lost, nothing doubled.
+    rebalanced = [int(a) for hh, _ in pairs for a in hh.accounts.account_id]
+    rejected = {j.account_id for j in rejections}
+    doubled = set(rebalanced) & rejected
+    out = set(rebalanced) | rejected
+    assert len(rebalanced) == len(set(rebalanced)) and not doubled and out == accounts_in, (
+        f"{shard.label()}: {len(accounts_in)} accounts in, {len(out)} out; "
+        f"missing {sorted(accounts_in - out)[:10]}, extra {sorted(out - accounts_in)[:10]}, "
+        f"in two outputs {sorted(doubled)[:10]}")
+
+    t = time.perf_counter()
+    rejections.sort(key=lambda j: (j.household_id, j.account_id))
+    outputs = {"trades": trades_table(pairs, market), "households": households_table(pairs, rejections),
+               "rejected": rejected_table(rejections)}
+    layout = RunLayout(open_uri(job.out_uri, job.s3), job.run_id)
+    files = {}
+    for name, rel in layout.files(shard).items():
+        data = parquet_bytes(outputs[name])
+        layout.loc.write_bytes(rel, data)
+        files[name] = {"path": rel, "rows": outputs[name].num_rows, "bytes": len(data),
+                       "sha256": hashlib.sha256(data).hexdigest()}
+    timings["write"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+
+    record = {
+        "shard_id": shard.shard_id,
+        "pieces": [asdict(p) for p in shard.pieces],
+        "counts": {"accounts_in": len(accounts_in), "accounts_out": len(out),
+                   "households_in": len({hh.household_id for hh in households} | {j.household_id for j in rejections}),
+                   "lots": tables["lots"].num_rows, "recent_trades": tables["recent_trades"].num_rows},
+        "totals": shard_totals(pairs, rejections),
+        "rejection_examples": [asdict(j) for j in rejections[:_MAX_EXAMPLES]],
+        "files": files,
+        "timings": timings,
+    }
+    layout.loc.write_json(layout.record(shard), record)
+    return record
+
+
+def _reject(hh: Household, stage: str, reason: str) -> list[Rejection]:
+    prefix = "" if hh.n_accounts == 1 else "household rejected whole: "
+    return [Rejection(int(a), hh.household_id, prefix + reason, "", "", "", stage) for a in hh.accounts.account_id]
