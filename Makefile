@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_ACCOUNTS ?= 3000
 DEMO_SEED ?= 7
 DEMO_BOOK ?= data/demo-book
+DEMO_OUT ?= data/runs
 
 .PHONY: run test install clean
 
@@ -18,11 +19,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job: generate a demo book into a local folder and check it against the data contract.
-# (Rebalancing the book arrives with the full-book job.)
+# The main job: generate a demo book into a local folder and rebalance all of it on a local Ray
+# (outputs under $(DEMO_OUT)/<run id>/; the summary says where).
 run: $(STAMP)
 	$(VENV)/bin/rebalance generate --accounts $(DEMO_ACCOUNTS) --seed $(DEMO_SEED) --out $(DEMO_BOOK) --overwrite
-	$(VENV)/bin/rebalance validate --book $(DEMO_BOOK)
+	$(VENV)/bin/rebalance run --book $(DEMO_BOOK) --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

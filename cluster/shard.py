@@ -6,7 +6,7 @@ files and then its completion record, and returns that record (small: counts, to
 sizes and hashes, timings). It checks that every account it read ends in exactly one output.
 
 Failures:
-- bad records reject their household (stage ``data``), a household the optimizer cannot solve
+- bad records reject their household (stage ``data``, with table, key and field), a household the optimizer cannot solve
   is rejected with stage ``optimization``; an unexpected exception in one household rejects
   that household with stage ``error`` and the exception named, and the shard goes on;
 - an input file that cannot be read or does not fit the data contract raises
@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from rebalancer.book import Book, table_path
-from rebalancer.errors import BookLayoutError, OptimizationError, StorageError
+from rebalancer.errors import BookDataError, BookLayoutError, OptimizationError, StorageError
 from rebalancer.household import Household, Rejection, select_households, split_households
 from rebalancer.market import Market
 from rebalancer.optimize import HouseholdResult, rebalance_household
@@ -159,6 +159,9 @@ def run_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> d
     for i, hh in enumerate(households):
         try:
             r = rebalance_household(market, hh, job.settings, solve, date)
+        except BookDataError as e:  # data only the problem's build can check (e.g. a target without a price)
+            prefix = "" if hh.n_accounts == 1 else "household rejected whole: "
+            rejections.extend(Rejection.of(a, hh.household_id, e, prefix) for a in hh.accounts.account_id)
         except OptimizationError as e:
             rejections.extend(_reject(hh, "optimization", str(e)))
         except Exception as e:  # noqa: BLE001 - one household's failure must not sink the shard

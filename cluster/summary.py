@@ -138,8 +138,9 @@ def format_summary(s: dict, run_uri: str) -> str:
         f"Run {s['run_id']}  book {s['book']} (as of {s['book_as_of']})  trade date {s['date']}  solver {s['solver']}",
         f"{state}: {sh['complete']}/{sh['planned']} shards"
         + (f" ({sh['complete_before']} complete from an earlier attempt)" if sh["complete_before"] else "")
-        + f"; {tm.get('wall', 0):,.1f} s wall on {tm.get('cpus', 0):g} CPUs"
-        + (f", {tm['households_per_second']:,.1f} households/s" if tm.get("households_per_second") else ""),
+        + (f"; {sh['ran_now']} ran in {tm.get('wall', 0):,.1f} s on {tm.get('cpus', 0):g} CPUs"
+           + (f", {tm['households_per_second']:,.1f} households/s" if tm.get("households_per_second") else "")
+           if sh["ran_now"] or sh["failed"] else "; nothing left to run"),
     ]
     for f in sh["failed"]:
         lines.append(f"  FAILED shard {f['shard_id']} ({f['pieces']}): {f['error']}")
