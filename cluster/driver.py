@@ -196,6 +196,7 @@ def run_book(req: RunRequest, stream: TextIO | None = sys.stderr) -> RunOutcome:
                 bar.update(done, len(records), len(plan.shards), len(pending), len(failed))
             done = done_before + sum(records[k]["counts"]["households_in"] for k in ran_now)
             bar.update(done, len(records), len(plan.shards), 0, len(failed), final=True)
+            ray.kill(progress)
     finally:
         t_fan = time.perf_counter() - t_fan
         if started_ray:
