@@ -33,7 +33,7 @@ def _ray(*args: str) -> list[str]:
 def ray_head():
     """``ray start --head --block`` in its own process group, on free ports and its own temp
     dir, so stopping it touches no other Ray on the machine."""
-    gcs, dash = free_port(), free_port()
+    gcs, dash, client, agent = free_port(), free_port(), free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="/tmp/rj")  # short: Ray's socket paths must stay under ~100 chars
     # Token authentication, as a production cluster runs it: a token made before the cluster
     # starts, given to the cluster and to the submitting CLI (here through a file of the test's own).
@@ -44,6 +44,7 @@ def ray_head():
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_file)
     proc = subprocess.Popen(
         _ray("start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+             f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
              "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats"),
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
