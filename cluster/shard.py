@@ -189,6 +189,8 @@ def run_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> d
     rejections.sort(key=lambda j: (j.household_id, j.account_id))
     outputs = {"trades": trades_table(pairs, market), "households": households_table(pairs, rejections),
                "rejected": rejected_table(rejections)}
+    hh_ids = outputs["households"]["household_id"].to_numpy()
+    assert len(np.unique(hh_ids)) == len(hh_ids), f"{shard.label()}: a household in two rows of households/"
     layout = RunLayout(open_uri(job.out_uri, job.s3), job.run_id)
     files = {}
     for name, rel in layout.files(shard).items():
