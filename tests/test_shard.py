@@ -27,6 +27,14 @@ def read(out: str, run_id: str, table: str):
     return pq.read_table(f"{out}/{run_id}/{table}/shard-00000.parquet")
 
 
+def run_tables(tmp_path, tables) -> tuple[dict, str]:
+    """Write ``tables`` as a book, run its one shard; (completion record, output URI)."""
+    book = str(tmp_path / "book")
+    write_book(book, tables)
+    out = str(tmp_path / "runs")
+    return run_shard(job(book, out)), out
+
+
 @pytest.fixture
 def book(tmp_path):
     uri = str(tmp_path / "book")
@@ -72,10 +80,7 @@ def test_parts_of_a_bucket_split_its_households(book, tmp_path):
 def test_bad_records_reject_their_household_with_table_key_field(tmp_path):
     t = tiny_book_tables()
     set_cell(t, "lots", 3, "shares", -5.0)  # household 10 (accounts 100, 101)
-    book = str(tmp_path / "book")
-    write_book(book, t)
-    out = str(tmp_path / "runs")
-    rec = run_shard(job(book, out))
+    rec, out = run_tables(tmp_path, t)
     rej = read(out, "r1", "rejected").to_pylist()
     assert {r["account_id"] for r in rej} == {100, 101}
     assert {(r["table"], r["key"], r["field"], r["stage"]) for r in rej} == {("lots", "lot_id=3", "shares", "data")}
@@ -95,10 +100,7 @@ def test_a_target_without_price_rejects_the_households_that_need_it(tmp_path):
     neither hold nor target it."""
     t = tiny_book_tables()
     set_cell(t, "securities", 3, "price", None)
-    book = str(tmp_path / "book")
-    write_book(book, t)
-    out = str(tmp_path / "runs")
-    rec = run_shard(job(book, out))
+    rec, out = run_tables(tmp_path, t)
     rej = read(out, "r1", "rejected").to_pylist()
     assert {r["household_id"] for r in rej} == {11, 12}
     assert {(r["table"], r["key"], r["field"]) for r in rej} == {("securities", "security_id=3", "price")}
@@ -128,10 +130,7 @@ def test_account_row_without_household_row_is_rejected(tmp_path):
     t = tiny_book_tables()
     row = dict(get_row(t, "accounts", 130), account_id=131, household_id=15, bucket=1)
     add_row(t, "accounts", row)  # household 15 has no households row
-    book = str(tmp_path / "book")
-    write_book(book, t)
-    out = str(tmp_path / "runs")
-    rec = run_shard(job(book, out))
+    rec, out = run_tables(tmp_path, t)
     rej = read(out, "r1", "rejected").to_pylist()
     assert [(r["account_id"], r["table"], r["key"], r["field"]) for r in rej] == [
         (131, "accounts", "account_id=131", "household_id")]
