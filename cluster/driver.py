@@ -171,8 +171,9 @@ def run_book(req: RunRequest, stream: TextIO | None = sys.stderr) -> RunOutcome:
             limit = req.max_in_flight or max(2, int(2 * cpus))
             while todo or pending:
                 if req.max_in_flight is None and time.perf_counter() - last_cpu_check > 5.0:
-                    cpus = max(cpus, _cluster_cpus())
-                    limit = max(2, int(2 * _cluster_cpus()))
+                    now_cpus = _cluster_cpus()
+                    cpus = max(cpus, now_cpus)
+                    limit = max(2, int(2 * now_cpus))
                     last_cpu_check = time.perf_counter()
                 while todo and len(pending) < limit:
                     s = todo.popleft()

@@ -40,7 +40,7 @@ from rebalancer.totals import shard_totals
 from .layout import RunLayout
 from .plan import Piece, Shard, part_mask
 
-__all__ = ["SOLVERS", "ShardJob", "ShardInputError", "run_shard", "settings_to_json", "settings_from_json"]
+__all__ = ["SOLVERS", "ShardJob", "ShardInputError", "run_shard", "settings_to_json"]
 
 SOLVERS = {"reference": solve_reference}
 # Key columns a shard needs to file rows under households; a null in one makes the file unusable.
@@ -59,10 +59,6 @@ class ShardInputError(BookLayoutError):
 
 def settings_to_json(s: OptimizerSettings) -> dict:
     return {k: (str(v) if not isinstance(v, (int, float, bool)) else v) for k, v in asdict(s).items()}
-
-
-def settings_from_json(d: dict) -> OptimizerSettings:
-    return OptimizerSettings(**d)
 
 
 @dataclass(frozen=True)

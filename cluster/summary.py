@@ -24,8 +24,8 @@ def _clean(x):
     return x
 
 
-def _labels(pieces) -> str:
-    return ", ".join(Piece(**p).label() if isinstance(p, dict) else p.label() for p in pieces)
+def _labels(pieces: tuple[Piece, ...]) -> str:
+    return ", ".join(p.label() for p in pieces)
 
 
 def build_summary(run: dict, plan: Plan, info: BookInfo, records: dict[int, dict], ran_now: set[int],
