@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import resource
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -207,6 +208,8 @@ def run_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> d
         "rejection_examples": [asdict(j) for j in rejections[:_MAX_EXAMPLES]],
         "files": files,
         "timings": timings,
+        # Peak resident memory of the worker process so far (it may have run other shards).
+        "worker_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
     layout.loc.write_json(layout.record(shard), record)
     return record
