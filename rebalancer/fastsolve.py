@@ -41,9 +41,16 @@ __all__ = ["SOLVER_NAME", "solve_fast", "solve_batch", "risk_structure"]
 
 SOLVER_NAME = "fast"
 MAX_ITER = 80
+_GROUP_CELLS = 4_000_000  # B * n * r of one group's dense blocks (32 MB per array)
 _STEP = 0.99  # fraction to the boundary
 _REG = 1e-8
-_REFINE = 2
+_REFINE = 1  # rounds of iterative refinement of each Newton step
+# Stopping, in multiples of the tolerance asked (units of household value): dual residual,
+# duality gap (a gap of 1e-6 V is $1 per $1M, far inside the agreement asked of the
+# solver), and the merit up to which a stalled solve is still usable, flagged inaccurate.
+_DUAL_TOL = 100.0
+_GAP_TOL = 100.0
+_INACCURATE = 10.0
 
 
 def risk_structure(p: HouseholdProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -84,162 +91,349 @@ def risk_structure(p: HouseholdProblem) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 @dataclass
-class _Batch:
-    """Flat arrays of a batch of problems' free variables, and per-household padded blocks."""
-    B: int
-    hh: np.ndarray      # (Nt,) household of each variable
-    sec: np.ndarray     # (Nt,) security slot within the household's padded block
+class _Group:
+    """Flat arrays of a group of problems' free variables, households contiguous, and
+    per-household blocks padded to the group's n (securities), m (rows) and r (rank)."""
+    ids: np.ndarray     # (B,) index of each household in the caller's list
+    start: np.ndarray   # (B,) offset of each household's first variable
+    hh: np.ndarray      # (Nt,) household of each variable, nondecreasing
+    fsec: np.ndarray    # (Nt,) hh * n + security slot
+    frow: np.ndarray    # (Nt,) hh * m + cash row
+    fbrow: np.ndarray   # (Nt,) hh * m + budget row (the cash row, with gainb 0, where none)
     sign: np.ndarray    # (Nt,) +1 buy, -1 sell
-    row: np.ndarray     # (Nt,) cash row (account) within the household
-    gain: np.ndarray    # (Nt,) budget coefficient
+    gainb: np.ndarray   # (Nt,) budget coefficient, 0 without a budget
     lb: np.ndarray
-    ub: np.ndarray      # inf where none
+    ub: np.ndarray      # 0 where there is no upper bound (see fin)
+    fin: np.ndarray     # (Nt,) float 1.0 where the upper bound is finite
     c: np.ndarray       # linear cost
     q2: np.ndarray      # 2 * impact
     d0: np.ndarray      # (B, n) active weights at x = 0 (fixed variables folded in)
     Dp: np.ndarray      # (B, n)
     W: np.ndarray       # (B, n, r)
-    Z: np.ndarray       # (B, n, r)
-    h: np.ndarray       # (B, m) row right-hand sides
-    rvalid: np.ndarray  # (B, m) the row exists
-    budget_row: np.ndarray  # (B,) index of the budget row, -1 if none
+    Zt: np.ndarray      # (B, r, n)
+    h: np.ndarray       # (B, m) row right-hand sides (1 on padded rows)
+    rv: np.ndarray      # (B, m) float 1.0 where the row exists
+
+    @property
+    def B(self) -> int:
+        return len(self.ids)
+
+    def take(self, keep: np.ndarray) -> tuple["_Group", np.ndarray]:
+        """The group restricted to households ``keep`` (bool (B,)), and the variable mask."""
+        vm = keep[self.hh]
+        new_b = np.cumsum(keep) - 1
+        n, m = self.d0.shape[1], self.h.shape[1]
+        hh = new_b[self.hh[vm]]
+        counts = np.bincount(hh, minlength=int(keep.sum()))
+        start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        return _Group(
+            ids=self.ids[keep], start=start, hh=hh, fsec=hh * n + self.fsec[vm] % n, frow=hh * m + self.frow[vm] % m,
+            fbrow=hh * m + self.fbrow[vm] % m, sign=self.sign[vm], gainb=self.gainb[vm], lb=self.lb[vm], ub=self.ub[vm],
+            fin=self.fin[vm], c=self.c[vm], q2=self.q2[vm], d0=self.d0[keep], Dp=self.Dp[keep], W=self.W[keep],
+            Zt=self.Zt[keep], h=self.h[keep], rv=self.rv[keep]), vm
 
 
-def _prepare(problems: list[HouseholdProblem]):
-    free_idx, parts = [], []
-    n_max = max(len(p.securities) for p in problems)
-    structs = [risk_structure(p) for p in problems]
-    r_max = max(s[1].shape[1] for s in structs)
-    m_max = max(p.n_accounts + (1 if math.isfinite(p.budget) else 0) for p in problems)
-    B = len(problems)
-    d0 = np.zeros((B, n_max))
-    Dp = np.zeros((B, n_max))
-    W = np.zeros((B, n_max, r_max))
-    Z = np.zeros((B, n_max, r_max))
-    h = np.ones((B, m_max))
-    rvalid = np.zeros((B, m_max), bool)
-    budget_row = np.full(B, -1)
-    for b, (p, (dp, w, z)) in enumerate(zip(problems, structs)):
-        n = len(p.securities)
+def _group(problems, structs, ids) -> tuple[_Group, list]:
+    """Stack problems ``ids`` (each with at least one free variable) into one group."""
+    n = max(len(problems[i].securities) for i in ids)
+    r = max(structs[i][1].shape[1] for i in ids)
+    m = max(problems[i].n_accounts + 1 for i in ids)
+    B = len(ids)
+    d0, Dp = np.zeros((B, n)), np.zeros((B, n))
+    W, Zt = np.zeros((B, n, r)), np.zeros((B, r, n))
+    h, rv = np.ones((B, m)), np.zeros((B, m))
+    parts, free_idx = [], []
+    for b, i in enumerate(ids):
+        p = problems[i]
+        dp, w, z = structs[i]
+        ni, A = len(p.securities), p.n_accounts
         free = p.ub > p.lb + 1e-15
         fixed_x = np.where(free, 0.0, p.lb)
         fi = np.flatnonzero(free)
         free_idx.append(fi)
         sign = p.sign
-        d0[b, :n] = p.w0 - p.target + np.bincount(p.security, weights=sign * fixed_x, minlength=n)
-        Dp[b, :n] = dp
-        W[b, :n, :w.shape[1]] = w
-        Z[b, :n, :z.shape[1]] = z
-        A = p.n_accounts
+        d0[b, :ni] = p.w0 - p.target + np.bincount(p.security, weights=sign * fixed_x, minlength=ni)
+        Dp[b, :ni] = dp
+        W[b, :ni, :w.shape[1]] = w
+        Zt[b, :z.shape[1], :ni] = z.T
         h[b, :A] = p.cash_rhs - np.bincount(p.account, weights=sign * fixed_x, minlength=A)
-        rvalid[b, :A] = True
-        if math.isfinite(p.budget):
+        rv[b, :A] = 1.0
+        has_b = math.isfinite(p.budget)
+        if has_b:
             h[b, A] = p.budget - float(p.gain @ fixed_x)
-            rvalid[b, A] = True
-            budget_row[b] = A
-        parts.append((np.full(len(fi), b), p.security[fi], sign[fi], p.account[fi], p.gain[fi], p.lb[fi], p.ub[fi],
-                      p.cost[fi], 2.0 * p.impact[fi]))
+            rv[b, A] = 1.0
+        k = len(fi)
+        row = p.account[fi]
+        parts.append((np.full(k, b), b * n + p.security[fi], b * m + row, b * m + (np.full(k, A) if has_b else row), sign[fi],
+                      p.gain[fi] if has_b else np.zeros(k), p.lb[fi], p.ub[fi], p.cost[fi], 2.0 * p.impact[fi]))
     cols = [np.concatenate(c) for c in zip(*parts)]
-    batch = _Batch(B, cols[0].astype(np.int64), cols[1].astype(np.int64), cols[2].astype(float),
-                   cols[3].astype(np.int64), cols[4].astype(float), cols[5].astype(float), cols[6].astype(float),
-                   cols[7].astype(float), cols[8].astype(float), d0, Dp, W, Z, h, rvalid, budget_row)
-    return batch, free_idx
+    hh = cols[0].astype(np.int64)
+    ub = cols[7].astype(float)
+    fin = np.isfinite(ub)
+    counts = np.bincount(hh, minlength=B)
+    g = _Group(ids=np.asarray(ids), start=np.concatenate([[0], np.cumsum(counts)[:-1]]), hh=hh,
+               fsec=cols[1].astype(np.int64), frow=cols[2].astype(np.int64), fbrow=cols[3].astype(np.int64),
+               sign=cols[4].astype(float), gainb=cols[5].astype(float), lb=cols[6].astype(float),
+               ub=np.where(fin, ub, 0.0), fin=fin.astype(float), c=cols[8].astype(float), q2=cols[9].astype(float),
+               d0=d0, Dp=Dp, W=W, Zt=Zt, h=h, rv=rv)
+    return g, free_idx
 
 
 class _Ops:
-    """The linear algebra of one batch (see the module docstring)."""
+    """The linear algebra of one group (see the module docstring)."""
 
-    def __init__(self, bt: _Batch):
-        self.bt = bt
-        B, n = bt.d0.shape
-        self.n, self.m = n, bt.h.shape[1]
-        self.flat_sec = bt.hh * n + bt.sec  # into (B * n)
-        self.flat_row = bt.hh * self.m + bt.row  # into (B * m)
-        has_b = bt.budget_row[bt.hh] >= 0
-        self.flat_brow = np.where(has_b, bt.hh * self.m + np.maximum(bt.budget_row[bt.hh], 0), -1)
-        self.has_b = has_b
-        self.Nt = len(bt.hh)
+    def __init__(self, g: _Group):
+        self.g = g
+        self.B, self.n = g.d0.shape
+        self.m = g.h.shape[1]
+        self.r = g.W.shape[2]
+        self.gs = g.gainb * g.sign
 
-    # security space <-> variables
-    def A(self, v: np.ndarray) -> np.ndarray:
-        """(Nt, ...) -> (B, n, ...): sum of sign * v per security."""
-        B, n = self.bt.d0.shape
-        extra = v.shape[1:]
-        out = np.zeros((B * n,) + extra)
-        np.add.at(out, self.flat_sec, self.bt.sign.reshape((-1,) + (1,) * len(extra)) * v)
-        return out.reshape((B, n) + extra)
+    def segsum(self, v):
+        return np.add.reduceat(v, self.g.start)
 
-    def At(self, u: np.ndarray) -> np.ndarray:
-        """(B, n, ...) -> (Nt, ...)."""
-        B, n = self.bt.d0.shape
-        flat = u.reshape((B * n,) + u.shape[2:])
-        return self.bt.sign.reshape((-1,) + (1,) * (u.ndim - 2)) * flat[self.flat_sec]
+    def segmin(self, v):
+        return np.minimum.reduceat(v, self.g.start)
 
-    def P(self, u: np.ndarray) -> np.ndarray:
-        """Risk matrix times (B, n) or (B, n, R)."""
-        bt = self.bt
+    def A(self, v):
+        """(Nt,) -> (B, n): sum of sign * v per security."""
+        return np.bincount(self.g.fsec, weights=self.g.sign * v, minlength=self.B * self.n).reshape(self.B, self.n)
+
+    def At(self, u):
+        """(B, n) -> (Nt,)."""
+        return self.g.sign * u.ravel()[self.g.fsec]
+
+    def P(self, u):
+        """Risk matrix times (B, n) or (B, n, k)."""
+        g = self.g
         if u.ndim == 2:
-            return bt.Dp * u + np.einsum("bnr,br->bn", bt.W, np.einsum("bnr,bn->br", bt.Z, u))
-        return bt.Dp[:, :, None] * u + np.einsum("bnr,brk->bnk", bt.W, np.einsum("bnr,bnk->brk", bt.Z, u))
+            return g.Dp * u + (g.W @ (g.Zt @ u[:, :, None]))[:, :, 0]
+        return g.Dp[:, :, None] * u + g.W @ (g.Zt @ u)
 
-    # rows
-    def G(self, v: np.ndarray) -> np.ndarray:
-        """(Nt, ...) -> (B, m, ...)."""
-        B, m = self.bt.h.shape
-        extra = v.shape[1:]
-        out = np.zeros((B * m,) + extra)
-        bshape = (-1,) + (1,) * len(extra)
-        np.add.at(out, self.flat_row, self.bt.sign.reshape(bshape) * v)
-        if self.has_b.any():
-            np.add.at(out, self.flat_brow[self.has_b], (self.bt.gain.reshape(bshape) * v)[self.has_b])
-        return out.reshape((B, m) + extra)
+    def G(self, v):
+        """(Nt,) -> (B, m): cash rows and budget row."""
+        g = self.g
+        L = self.B * self.m
+        return (np.bincount(g.frow, weights=g.sign * v, minlength=L)
+                + np.bincount(g.fbrow, weights=g.gainb * v, minlength=L)).reshape(self.B, self.m)
 
-    def Gt(self, y: np.ndarray) -> np.ndarray:
+    def Gt(self, y):
         """(B, m) -> (Nt,)."""
-        flat = y.reshape(-1)
-        out = self.bt.sign * flat[self.flat_row]
-        out[self.has_b] += self.bt.gain[self.has_b] * flat[self.flat_brow[self.has_b]]
-        return out
+        f = y.ravel()
+        return self.g.sign * f[self.g.frow] + self.g.gainb * f[self.g.fbrow]
 
-    def Gt_cols(self) -> np.ndarray:
-        """G' as (Nt, m): the columns of every row, for the Schur complement."""
-        out = np.zeros((self.Nt, self.m))
-        out[np.arange(self.Nt), self.bt.row] = self.bt.sign
-        hb = np.flatnonzero(self.has_b)
-        out[hb, self.bt.budget_row[self.bt.hh[hb]]] += self.bt.gain[hb]
-        return out
-
-    def factor(self, E: np.ndarray):
-        """Prepare K^-1 for the barrier diagonal E (Nt,)."""
-        bt = self.bt
-        B, n = bt.d0.shape
+    def factor(self, E):
+        """Everything the Newton solves of this iteration share, for the diagonal E (Nt,)."""
+        g, B, n, m, r = self.g, self.B, self.n, self.m, self.r
         Einv = 1.0 / E
-        S = np.zeros(B * n)
-        np.add.at(S, self.flat_sec, Einv)
-        S = S.reshape(B, n)
-        Delta = 1.0 + S * bt.Dp
-        SW = (S / Delta)[:, :, None] * bt.W  # Delta^-1 S W
-        r = bt.W.shape[2]
-        core = np.eye(r)[None] + np.einsum("bnr,bns->brs", bt.Z, SW)
-        return Einv, S, Delta, SW, core
+        S = np.bincount(g.fsec, weights=Einv, minlength=B * n).reshape(B, n)
+        Delta = 1.0 + S * g.Dp
+        SWd = (S / Delta)[:, :, None] * g.W  # Delta^-1 S W
+        core = g.Zt @ SWd
+        core[:, np.arange(r), np.arange(r)] += 1.0
+        coreinv = _inv(core)
+        fac = (Einv, Delta, SWd, coreinv)
+        # M = A E^-1 G' (B, n, m) and G E^-1 G' (B, m, m), by scatter: each variable is on one
+        # security, one cash row and (with its gain) the budget row.
+        nm = B * n * m
+        sec_m = (g.fsec * m) - (g.hh * n * m)  # sec * m within the household
+        base = g.hh * n * m + sec_m
+        M = (np.bincount(base + g.frow % m, weights=Einv, minlength=nm)
+             + np.bincount(base + g.fbrow % m, weights=Einv * self.gs, minlength=nm)).reshape(B, n, m)
+        mm = B * m * m
+        GEG = (np.bincount(g.frow * m + g.frow % m, weights=Einv, minlength=mm)
+               + np.bincount(g.frow * m + g.fbrow % m, weights=Einv * self.gs, minlength=mm)
+               + np.bincount(g.fbrow * m + g.frow % m, weights=Einv * self.gs, minlength=mm)
+               + np.bincount(g.fbrow * m + g.fbrow % m, weights=Einv * g.gainb * g.gainb, minlength=mm)).reshape(B, m, m)
+        PMs = self.P(self.solve_sec(fac, M))  # P (I + S P)^-1 A E^-1 G'
+        schur = GEG - np.swapaxes(M, 1, 2) @ PMs
+        return fac, M, PMs, schur
 
-    def Kinv(self, fac, v: np.ndarray) -> np.ndarray:
-        """K^-1 v for v (Nt,) or (Nt, R)."""
-        Einv, S, Delta, SW, core = fac
-        ev = Einv.reshape((-1,) + (1,) * (v.ndim - 1)) * v
-        rhs = self.A(ev)  # (B, n, ...)
+    def solve_sec(self, fac, rhs):
+        """(I + S P)^-1 rhs for rhs (B, n) or (B, n, k) (Woodbury on P = Dp + W Z')."""
+        _, Delta, SWd, coreinv = fac
         if rhs.ndim == 2:
             t = rhs / Delta
-            zz = t - np.einsum("bnr,br->bn", SW, np.linalg.solve(core, np.einsum("bnr,bn->br", self.bt.Z, t)[..., None])[..., 0])
-        else:
-            t = rhs / Delta[:, :, None]
-            zz = t - np.einsum("bnr,brk->bnk", SW, np.linalg.solve(core, np.einsum("bnr,bnk->brk", self.bt.Z, t)))
-        return ev - Einv.reshape(ev.shape[:1] + (1,) * (v.ndim - 1)) * self.At(self.P(zz))
+            return t - (SWd @ (coreinv @ (self.g.Zt @ t[:, :, None])))[:, :, 0]
+        t = rhs / Delta[:, :, None]
+        return t - SWd @ (coreinv @ (self.g.Zt @ t))
 
 
-def _seg_min(values: np.ndarray, groups: np.ndarray, B: int) -> np.ndarray:
-    out = np.full(B, np.inf)
-    np.minimum.at(out, groups, values)
+def _inv(a: np.ndarray) -> np.ndarray:
+    """Inverses of a stack of matrices; a singular one gets its pseudo-inverse (its household
+    then fails to converge and is reported, never an exception for the whole batch)."""
+    try:
+        return np.linalg.inv(a)
+    except np.linalg.LinAlgError:
+        return np.stack([np.linalg.pinv(x) for x in a])
+
+
+def _ratio(v, dv):
+    """Largest step t with v + t dv >= 0, elementwise (inf where dv >= 0)."""
+    out = np.full(v.shape, np.inf)
+    neg = dv < 0
+    np.divide(v, -dv, out=out, where=neg)
+    return out
+
+
+def _solve_group(g: _Group, tolerance: float):
+    """Interior-point iterations on one group. Returns per household (in ``g.ids`` order of the
+    original group): x (flat, original variable order of the group), status, merit, iterations,
+    dual residual."""
+    B0, m = g.B, g.h.shape[1]
+    x_out = np.zeros(len(g.hh))
+    var_ids = np.arange(len(g.hh))  # position of each current variable in the original group
+    res = {"merit": np.full(B0, np.inf), "iters": np.zeros(B0, int), "best_it": np.zeros(B0, int),
+           "rd": np.full(B0, np.inf), "optimal": np.zeros(B0, bool)}
+    pos = np.arange(B0)  # position of each current household in the original group
+
+    ops = _Ops(g)
+    fin = g.fin
+    span = np.where(fin > 0, g.ub - g.lb, np.inf)
+    x = g.lb + np.minimum(0.5 * span, 1e-3)
+    s = np.where(g.rv > 0, np.maximum(g.h - ops.G(x), 1e-2), 1.0)
+    mu0 = 1e-2
+    zl = mu0 / (x - g.lb)
+    zu = fin * mu0 / np.where(fin > 0, g.ub - x, 1.0)
+    y = g.rv * mu0 / s
+    tol_d, tol_gap = _DUAL_TOL * tolerance, _GAP_TOL * tolerance
+    best_x = x.copy()
+    best_merit = np.full(B0, np.inf)
+    eye_m = np.eye(m)
+
+    def n_comp_of(gg):
+        return np.bincount(gg.hh, minlength=gg.B) * 1.0 + np.add.reduceat(gg.fin, gg.start) + gg.rv.sum(1)
+
+    n_comp = n_comp_of(g)
+    live = np.ones(B0, bool)
+    for it in range(MAX_ITER + 1):
+        tl = x - g.lb
+        tu = fin * (g.ub - x) + (1.0 - fin)
+        a = g.d0 + ops.A(x)
+        rd = g.c + g.q2 * x + ops.At(ops.P(a)) + ops.Gt(y) - zl + zu
+        rp = g.rv * (ops.G(x) + s - g.h)
+        comp = ops.segsum(tl * zl + tu * zu) + np.sum(s * y * g.rv, axis=1)
+        mu = comp / n_comp
+        rd_max = np.maximum.reduceat(np.abs(rd), g.start)
+        rp_max = np.max(np.abs(rp), axis=1)
+        merit = np.maximum(np.maximum(rd_max / tol_d, rp_max / tolerance), comp / tol_gap)
+        better = live & (merit < best_merit)
+        if better.any():
+            sel = better[g.hh]
+            best_x[sel] = x[sel]
+            best_merit[better] = merit[better]
+            res["best_it"][pos[better]] = it
+            res["rd"][pos[better]] = rd_max[better]
+        done = live & (merit <= 1.0)
+        # Rounding has taken over (the Newton systems of a nearly solved problem are very
+        # ill-conditioned): stop and keep the best iterate.
+        stop = live & (done | (merit > 1e3 * best_merit) | (it == MAX_ITER))
+        if stop.any():
+            sel = stop[g.hh]
+            x_out[var_ids[sel]] = best_x[sel]
+            res["merit"][pos[stop]] = best_merit[stop]
+            res["iters"][pos[stop]] = it
+            res["optimal"][pos[done]] = True
+            live &= ~stop
+            if not live.any():
+                break
+            if live.sum() < 0.8 * len(live):  # drop finished households from the arrays
+                g, vm = g.take(live)
+                ops = _Ops(g)
+                fin = g.fin
+                x, zl, zu, best_x, var_ids = x[vm], zl[vm], zu[vm], best_x[vm], var_ids[vm]
+                tl, tu, rd = tl[vm], tu[vm], rd[vm]
+                s, y, rp, comp, mu, best_merit, pos = s[live], y[live], rp[live], comp[live], mu[live], best_merit[live], pos[live]
+                n_comp = n_comp[live]
+                live = np.ones(g.B, bool)
+        # A small primal regularization keeps K^-1 bounded where the problem is degenerate
+        # (several free trades moving one security): the residuals, always computed exactly,
+        # decide convergence; iterative refinement corrects the step.
+        E_true = g.q2 + zl / tl + zu / tu
+        E = E_true + _REG
+        fac, M, PMs, schur = ops.factor(E)
+        Mt = np.swapaxes(M, 1, 2)
+        Wrow = np.where(g.rv > 0, s / np.where(g.rv > 0, y, 1.0), 1.0)
+        schur = schur + Wrow[:, :, None] * eye_m
+        schur = np.where((g.rv[:, :, None] * g.rv[:, None, :] > 0) | (eye_m[None] > 0), schur, 0.0)
+        schur_inv = _inv(schur)
+        Einv = fac[0]
+
+        def reduced(r1, r2):
+            er = Einv * r1
+            zz = ops.solve_sec(fac, ops.A(er))
+            Pzz = ops.P(zz)
+            gk = ops.G(er) - (Mt @ Pzz[:, :, None])[:, :, 0]  # G K^-1 r1
+            dy = g.rv * (schur_inv @ (gk - r2)[:, :, None])[:, :, 0]
+            # dx = K^-1 (r1 - G' dy)
+            back = Pzz - (PMs @ dy[:, :, None])[:, :, 0]
+            dx = Einv * (r1 - ops.Gt(dy)) - Einv * ops.At(back)
+            return dx, dy
+
+        def direction(rl, ru, rs):
+            r1 = -rd + rl / tl - ru / tu
+            r2 = -rp - rs / np.where(g.rv > 0, y, 1.0) * g.rv
+            dx, dy = reduced(r1, r2)
+            for _ in range(_REFINE):  # iterative refinement against the unregularized system
+                e1 = r1 - (E_true * dx + ops.At(ops.P(ops.A(dx))) + ops.Gt(dy))
+                e2 = g.rv * (r2 - (ops.G(dx) - Wrow * dy))
+                cx, cy = reduced(e1, e2)
+                dx, dy = dx + cx, dy + cy
+            dzl = (rl - zl * dx) / tl
+            dzu = (ru + zu * dx) / tu
+            ds = g.rv * (rs - s * dy) / np.where(g.rv > 0, y, 1.0)
+            return dx, dy, dzl, dzu, ds
+
+        def step(dx, dy, dzl, dzu, ds):
+            t = np.minimum(np.minimum(_ratio(tl, dx), _ratio(tu, -dx * fin)),
+                           np.minimum(_ratio(zl, dzl), _ratio(zu, dzu * fin)))
+            a = ops.segmin(t)
+            rows = np.minimum(_ratio(s, ds), _ratio(y, dy))
+            return np.minimum(a, np.min(np.where(g.rv > 0, rows, np.inf), axis=1))
+
+        # predictor
+        aff = direction(-tl * zl, -tu * zu, -s * y * g.rv)
+        dx, dy, dzl, dzu, ds = aff
+        al = np.minimum(1.0, step(*aff))
+        alh = al[g.hh]
+        comp_aff = (ops.segsum((tl + alh * dx) * (zl + alh * dzl) + (tu - alh * dx) * (zu + alh * dzu))
+                    + np.sum(g.rv * (s + al[:, None] * ds) * (y + al[:, None] * dy), axis=1))
+        sigma = np.clip((comp_aff / np.maximum(comp, 1e-300)) ** 3, 0.0, 1.0)
+        smu = sigma * mu
+        smh = smu[g.hh]
+        # corrector
+        rl = smh - tl * zl - dx * dzl
+        ru = fin * (smh - tu * zu + dx * dzu)
+        rs = g.rv * (smu[:, None] - s * y - ds * dy)
+        dx, dy, dzl, dzu, ds = direction(rl, ru, rs)
+        # One step length for primal and dual: the dual residual of a QP depends on x.
+        al = np.minimum(1.0, _STEP * step(dx, dy, dzl, dzu, ds))
+        al = np.where(live, al, 0.0)
+        alh = al[g.hh]
+        x = x + alh * dx
+        zl = zl + alh * dzl
+        zu = zu + alh * dzu
+        s = np.where(g.rv > 0, s + al[:, None] * ds, 1.0)
+        y = g.rv * (y + al[:, None] * dy)
+    return x_out, res
+
+
+def _chunks(problems, structs, ids):
+    """Groups of similar size: sorted by (rank, securities), cut where the padded blocks would
+    grow by more than a quarter or exceed the cell budget."""
+    order = sorted(ids, key=lambda i: (structs[i][1].shape[1], len(problems[i].securities)))
+    out, cur = [], []
+    for i in order:
+        n, r = len(problems[i].securities), structs[i][1].shape[1]
+        if cur:
+            n0 = len(problems[cur[0]].securities)
+            r0 = structs[cur[0]][1].shape[1]
+            if n > 1.25 * n0 + 8 or r > 1.25 * r0 + 8 or (len(cur) + 1) * n * r > _GROUP_CELLS:
+                out.append(cur)
+                cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
     return out
 
 
@@ -248,158 +442,40 @@ def solve_batch(problems: list[HouseholdProblem], tolerance: float = 1e-8) -> li
     if not problems:
         return []
     t0 = time.perf_counter()
-    bt, free_idx = _prepare(problems)
-    ops = _Ops(bt)
-    B, m = bt.h.shape
-    hh = bt.hh
-    fin_u = np.isfinite(bt.ub)
+    structs = [risk_structure(p) for p in problems]
+    xs = [np.where(p.ub > p.lb + 1e-15, 0.0, p.lb) for p in problems]
+    merit = np.zeros(len(problems))
+    iters = np.zeros(len(problems), int)
+    best_it = np.zeros(len(problems), int)
+    rd = np.zeros(len(problems))
+    optimal = np.ones(len(problems), bool)  # a problem with nothing free is solved
+    todo = [i for i, p in enumerate(problems) if np.any(p.ub > p.lb + 1e-15)]
+    groups = [_group(problems, structs, ids) for ids in _chunks(problems, structs, todo)]
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-
-    # Start: inside the box, rows with some slack, duals balancing a small mu.
-    span = np.where(fin_u, bt.ub - bt.lb, np.inf)
-    x = bt.lb + np.minimum(0.5 * span, 1e-3)
-    Gx = ops.G(x)
-    s = np.where(bt.rvalid, np.maximum(bt.h - Gx, 1e-2), 1.0)
-    mu0 = 1e-2
-    zl = np.full(len(x), mu0) / (x - bt.lb)
-    zu = np.where(fin_u, mu0 / np.where(fin_u, bt.ub - x, 1.0), 0.0)
-    y = np.where(bt.rvalid, mu0 / s, 0.0)
-    rv = bt.rvalid
-    n_comp = np.bincount(hh, minlength=B) + np.bincount(hh, weights=fin_u.astype(float), minlength=B) + rv.sum(1)
-
-    tol_d, tol_gap = 100.0 * tolerance, 10.0 * tolerance
-    best_x = x.copy()
-    best_merit = np.full(B, np.inf)
-    best_it = np.zeros(B, int)
-    best_rd = np.full(B, np.inf)
-    active = np.ones(B, bool)
-    status = np.full(B, SolveStatus.FAILED, object)
-    iters = np.zeros(B, int)
-    GtC = ops.Gt_cols()
-    for it in range(MAX_ITER):
-        tl = x - bt.lb
-        tu = np.where(fin_u, bt.ub - x, 1.0)
-        a = bt.d0 + ops.A(x)
-        grad = bt.c + bt.q2 * x + ops.At(ops.P(a))
-        rd = grad + ops.Gt(y) - zl + np.where(fin_u, zu, 0.0)
-        rp = np.where(rv, ops.G(x) + s - bt.h, 0.0)
-        comp = (np.bincount(hh, weights=tl * zl, minlength=B) + np.bincount(hh, weights=np.where(fin_u, tu * zu, 0.0), minlength=B)
-                + np.sum(np.where(rv, s * y, 0.0), axis=1))
-        mu = comp / np.maximum(n_comp, 1)
-        rd_max = _seg_max(np.abs(rd), hh, B)
-        rp_max = np.max(np.abs(rp), axis=1, initial=0.0)
-        merit = np.maximum(np.maximum(rd_max / tol_d, rp_max / tolerance), comp / tol_gap)
-        better = active & (merit < best_merit)
-        if better.any():
-            sel = better[hh]
-            best_x[sel] = x[sel]
-            best_merit[better] = merit[better]
-            best_it[better] = it
-            best_rd[better] = rd_max[better]
-        done = active & (merit <= 1.0)
-        status[done] = SolveStatus.OPTIMAL
-        # Rounding has taken over (the Newton systems of a nearly solved problem are very
-        # ill-conditioned): stop and keep the best iterate.
-        stuck = active & ~done & (merit > 1e3 * best_merit)
-        iters[active] = it
-        active &= ~done & ~stuck
-        if not active.any():
-            break
-        # A small primal regularization keeps K^-1 bounded where the problem is degenerate
-        # (several free trades moving one security): the step stays a descent direction and
-        # the residuals, always computed exactly, decide convergence.
-        E = bt.q2 + zl / tl + np.where(fin_u, zu / tu, 0.0) + _REG
-        fac = ops.factor(E)
-        KiGt = ops.Kinv(fac, GtC)  # (Nt, m)
-        Wrow = np.where(rv, s / np.where(rv, y, 1.0), 1.0)
-        schur = ops.G(KiGt) + np.einsum("bm,mk->bmk", Wrow, np.eye(m))
-        schur = np.where((rv[:, :, None] & rv[:, None, :]) | np.eye(m, dtype=bool)[None], schur, 0.0)
-
-        E_true = E - _REG
-
-        def reduced(r1, r2):
-            Kr1 = ops.Kinv(fac, r1)
-            dy = np.linalg.solve(schur, (ops.G(Kr1) - r2)[..., None])[..., 0]
-            dy = np.where(rv, dy, 0.0)
-            return Kr1 - np.einsum("jm,jm->j", KiGt, dy[hh]), dy
-
-        def direction(rl, ru, rs):
-            r1 = -rd + rl / tl - np.where(fin_u, ru / tu, 0.0)
-            r2 = np.where(rv, -rp - rs / np.where(rv, y, 1.0), 0.0)
-            dx, dy = reduced(r1, r2)
-            for _ in range(_REFINE):  # iterative refinement against the unregularized system
-                e1 = r1 - (E_true * dx + ops.At(ops.P(ops.A(dx))) + ops.Gt(dy))
-                e2 = np.where(rv, r2 - (ops.G(dx) - Wrow * dy), 0.0)
-                cx, cy = reduced(e1, e2)
-                dx, dy = dx + cx, dy + cy
-            dzl = (rl - zl * dx) / tl
-            dzu = np.where(fin_u, (ru + zu * dx) / tu, 0.0)
-            ds = np.where(rv, (rs - s * dy) / np.where(rv, y, 1.0), 0.0)
-            return dx, dy, dzl, dzu, ds
-
-        def step(dx, dy, dzl, dzu, ds):
-            def ratio(v, dv):
-                return np.where(dv < 0, -v / np.where(dv < 0, dv, -1.0), np.inf)
-            ap = np.minimum(_seg_min(ratio(tl, dx), hh, B),
-                            _seg_min(np.where(fin_u, ratio(tu, -dx), np.inf), hh, B))
-            ap = np.minimum(ap, np.min(np.where(rv, ratio(s, ds), np.inf), axis=1, initial=np.inf))
-            ad = np.minimum(_seg_min(ratio(zl, dzl), hh, B), _seg_min(np.where(fin_u, ratio(zu, dzu), np.inf), hh, B))
-            ad = np.minimum(ad, np.min(np.where(rv, ratio(y, dy), np.inf), axis=1, initial=np.inf))
-            return np.minimum(1.0, ap), np.minimum(1.0, ad)
-
-        # predictor
-        zero_l, zero_u, zero_s = -tl * zl, -np.where(fin_u, tu * zu, 0.0), np.where(rv, -s * y, 0.0)
-        aff = direction(zero_l, zero_u, zero_s)
-        ap, ad = step(*aff)
-        ap = ad = np.minimum(ap, ad)
-        dx, dy, dzl, dzu, ds = aff
-        comp_aff = (np.bincount(hh, weights=(tl + ap[hh] * dx) * (zl + ad[hh] * dzl), minlength=B)
-                    + np.bincount(hh, weights=np.where(fin_u, (tu - ap[hh] * dx) * (zu + ad[hh] * dzu), 0.0), minlength=B)
-                    + np.sum(np.where(rv, (s + ap[:, None] * ds) * (y + ad[:, None] * dy), 0.0), axis=1))
-        sigma = np.clip((comp_aff / np.maximum(comp, 1e-300)) ** 3, 0.0, 1.0)
-        smu = (sigma * mu)
-        # corrector
-        rl = smu[hh] - tl * zl - dx * dzl
-        ru = np.where(fin_u, smu[hh] - tu * zu + dx * dzu, 0.0)
-        rs = np.where(rv, smu[:, None] - s * y - ds * dy, 0.0)
-        dx, dy, dzl, dzu, ds = direction(rl, ru, rs)
-        ap, ad = step(dx, dy, dzl, dzu, ds)
-        # One step length for primal and dual: the dual residual of a QP depends on x.
-        ap = ad = np.where(active, np.minimum(1.0, _STEP * np.minimum(ap, ad)), 0.0)
-        x = x + ap[hh] * dx
-        s = np.where(rv, s + ap[:, None] * ds, 1.0)
-        zl = zl + ad[hh] * dzl
-        zu = np.where(fin_u, zu + ad[hh] * dzu, 0.0)
-        y = np.where(rv, y + ad[:, None] * dy, 0.0)
-    else:
-        iters[active] = MAX_ITER
-
+    for g, free_idx in groups:
+        x, res = _solve_group(g, tolerance)
+        for b, i in enumerate(g.ids):
+            xs[i][free_idx[b]] = x[g.start[b]:g.start[b] + len(free_idx[b])]
+        merit[g.ids], iters[g.ids], best_it[g.ids] = res["merit"], res["iters"], res["best_it"]
+        rd[g.ids], optimal[g.ids] = res["rd"], res["optimal"]
     solve_s = time.perf_counter() - t1
-    # Results, in the problems' own variables
     out = []
-    x = best_x
-    for b, p in enumerate(problems):
-        fi = free_idx[b]
-        xs = np.where(p.ub > p.lb + 1e-15, 0.0, p.lb)
-        xs[fi] = x[hh == b]
-        st = status[b]
-        if st != SolveStatus.OPTIMAL:
+    B = len(problems)
+    for i, p in enumerate(problems):
+        x = xs[i]
+        if optimal[i]:
+            st = SolveStatus.OPTIMAL
+        else:
             # close enough for use, flagged, when the best iterate is within 100x the tolerances
-            st = SolveStatus.OPTIMAL_INACCURATE if best_merit[b] <= 100.0 else SolveStatus.FAILED
-        primal = max(p.violation(xs).values())
-        xs = np.clip(xs, p.lb, np.where(np.isfinite(p.ub), p.ub, np.inf))
-        out.append(SolveResult(solver=SOLVER_NAME, status=st, x=xs,
-                               objective=p.objective(xs) if st.usable else float("nan"),
-                               primal_residual=primal, dual_residual=float(best_rd[b]), iterations=int(best_it[b]),
-                               setup_seconds=setup_s / B, solve_seconds=solve_s / B,
-                               message=f"{st} after {int(iters[b])} iterations"))
-    return out
-
-
-def _seg_max(values: np.ndarray, groups: np.ndarray, B: int) -> np.ndarray:
-    out = np.zeros(B)
-    np.maximum.at(out, groups, values)
+            st = SolveStatus.OPTIMAL_INACCURATE if merit[i] <= _INACCURATE else SolveStatus.FAILED
+        primal = max(p.violation(x).values())
+        x = np.clip(x, p.lb, np.where(np.isfinite(p.ub), p.ub, np.inf))
+        out.append(SolveResult(solver=SOLVER_NAME, status=st, x=x,
+                               objective=p.objective(x) if st.usable else float("nan"),
+                               primal_residual=primal, dual_residual=float(rd[i] * (st.usable or np.nan)),
+                               iterations=int(best_it[i]), setup_seconds=setup_s / B, solve_seconds=solve_s / B,
+                               message=f"{st} after {int(iters[i])} iterations"))
     return out
 
 
