@@ -31,7 +31,9 @@ from rebalancer.storage import S3Options, open_uri
 
 from .layout import RunLayout, new_run_id, validate_run_id
 from .plan import DEFAULT_SHARD_WORK, plan_shards
-from .shard import SOLVERS, ShardJob, settings_to_json
+from rebalancer.solvers import DEFAULT_SOLVER, SOLVERS
+
+from .shard import ShardJob, settings_to_json
 from .summary import build_manifest, build_summary, format_summary
 from .tasks import Progress, shard_task
 
@@ -48,7 +50,7 @@ class RunRequest:
     run_id: str | None = None
     date: dt.date | None = None
     address: str | None = None
-    solver: str = "reference"
+    solver: str = DEFAULT_SOLVER
     settings: OptimizerSettings = field(default_factory=OptimizerSettings)
     shard_work: float = DEFAULT_SHARD_WORK
     max_in_flight: int | None = None

@@ -30,11 +30,11 @@ from rebalancer.book import Book, table_path
 from rebalancer.errors import BookDataError, BookLayoutError, OptimizationError, StorageError
 from rebalancer.household import Household, Rejection, select_households, split_households
 from rebalancer.market import Market
-from rebalancer.optimize import HouseholdResult, rebalance_household
+from rebalancer.optimize import HouseholdResult, rebalance_households
 from rebalancer.outputs import households_table, rejected_table, trades_table
-from rebalancer.reference import solve_reference
 from rebalancer.schema import HOUSEHOLD_TABLES, REFERENCE_TABLES, TABLES, conform
 from rebalancer.settings import OptimizerSettings
+from rebalancer.solvers import DEFAULT_SOLVER, SOLVERS
 from rebalancer.storage import S3Options, open_uri, parquet_bytes
 from rebalancer.totals import shard_totals
 
@@ -43,7 +43,6 @@ from .plan import Piece, Shard, part_mask
 
 __all__ = ["SOLVERS", "ShardJob", "ShardInputError", "run_shard", "settings_to_json"]
 
-SOLVERS = {"reference": solve_reference}
 # Key columns a shard needs to file rows under households; a null in one makes the file unusable.
 _KEYS = {"households": ("household_id",), "accounts": ("account_id", "household_id"),
          "lots": ("lot_id", "account_id", "household_id"), "recent_trades": ("account_id", "household_id")}
@@ -73,7 +72,7 @@ class ShardJob:
     shard: Shard
     n_buckets: int
     date: dt.date
-    solver: str = "reference"
+    solver: str = DEFAULT_SOLVER
     settings: OptimizerSettings = field(default_factory=OptimizerSettings)
     s3: S3Options | None = None
 
@@ -151,24 +150,21 @@ def run_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> d
     accounts_in = _accounts_in(tables)
     timings["split"] = time.perf_counter() - t
 
+    # Every household of the shard at once: their solves go to the solver in batches.
     pairs: list[tuple[Household, HouseholdResult]] = []
-    date = job.date
-    for i, hh in enumerate(households):
-        try:
-            r = rebalance_household(market, hh, job.settings, solve, date)
-        except BookDataError as e:  # data only the problem's build can check (e.g. a target without a price)
+    results = rebalance_households(market, households, job.settings, solve, job.date, on_done=progress)
+    for hh, r in zip(households, results, strict=True):
+        if isinstance(r, BookDataError):  # data only the problem's build can check (e.g. a target without a price)
             prefix = "" if hh.n_accounts == 1 else "household rejected whole: "
-            rejections.extend(Rejection.of(a, hh.household_id, e, prefix) for a in hh.accounts.account_id)
-        except OptimizationError as e:
-            rejections.extend(_reject(hh, "optimization", str(e)))
-        except Exception as e:  # noqa: BLE001 - one household's failure must not sink the shard
-            rejections.extend(_reject(hh, "error", f"unexpected {type(e).__name__}: {e}"))
+            rejections.extend(Rejection.of(a, hh.household_id, r, prefix) for a in hh.accounts.account_id)
+        elif isinstance(r, OptimizationError):
+            rejections.extend(_reject(hh, "optimization", str(r)))
+        elif isinstance(r, Exception):  # one household's failure must not sink the shard
+            rejections.extend(_reject(hh, "error", f"unexpected {type(r).__name__}: {r}"))
         else:
             pairs.append((hh, r))
             for k in ("build", "solve", "postprocess"):
                 timings[k] += r.timings.get(k, 0.0)
-        if progress is not None:
-            progress(i + 1)
     if progress is not None and not households:
         progress(0)
 

@@ -131,7 +131,7 @@ def _pct(x: float | None, d: int = 2) -> str:
 def format_summary(s: dict, run_uri: str) -> str:
     """One screen of text: what the desk reads first."""
     t, h, c = s["totals"], s["headline"], s["counts"]
-    hh, acc, usd, tr = t["households"], t["accounts"], t["usd"], t["trades"]
+    hh, acc, usd, tr, sv = t["households"], t["accounts"], t["usd"], t["trades"], t["solver"]
     sh, tm = s["shards"], s["timings"]
     state = "COMPLETE" if s["complete"] else "INCOMPLETE"
     lines = [
@@ -153,6 +153,9 @@ def format_summary(s: dict, run_uri: str) -> str:
         f"{hh['with_trades']:,} with trades",
         f"           {st['optimal']:,} optimal, {st['optimal_inaccurate']:,} inaccurate, "
         f"{st['budget_exceeded']:,} over tax budget ({_usd(usd['budget_overrun'])} over)",
+        f"Solver     {s['solver']}: {sv['solves']:,} solves"
+        + (f"; fell back to the reference for {sv['fallback_solves']:,} of them "
+           f"({sv['fallback_households']:,} households)" if s["solver"] == "fast" else ""),
         f"Accounts   {c['accounts_in']:,} read = {acc['rebalanced']:,} rebalanced + {acc['rejected']:,} rejected"
         f" ({', '.join(f'{v} {k}' for k, v in acc['rejected_by_stage'].items() if v) or 'none'}); "
         f"{acc['traded']:,} traded",

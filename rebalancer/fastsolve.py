@@ -292,7 +292,7 @@ def _solve_group(g: _Group, tolerance: float):
     span = np.where(fin > 0, g.ub - g.lb, np.inf)
     x = g.lb + np.minimum(0.5 * span, 1e-3)
     s = np.where(g.rv > 0, np.maximum(g.h - ops.G(x), 1e-2), 1.0)
-    mu0 = 1e-2
+    mu0 = 1e-3
     zl = mu0 / (x - g.lb)
     zu = fin * mu0 / np.where(fin > 0, g.ub - x, 1.0)
     y = g.rv * mu0 / s

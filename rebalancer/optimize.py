@@ -30,7 +30,7 @@ import enum
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Generator
 
 import numpy as np
 import scipy.optimize as so
@@ -47,9 +47,13 @@ from .settings import OptimizerSettings
 from .solution import SolveResult, SolveStatus
 
 __all__ = ["HouseholdStatus", "Trades", "HouseholdResult", "HouseholdInfeasible", "SolverFailure",
-           "rebalance_household"]
+           "rebalance_household", "rebalance_households"]
 
 Solver = Callable[[HouseholdProblem, float], SolveResult]
+BatchSolver = Callable[[list[HouseholdProblem], float], list[SolveResult]]
+# A household's run as a generator: it yields each problem it needs solved and is sent the
+# result; it returns the HouseholdResult.
+_Steps = Generator[HouseholdProblem, SolveResult, "HouseholdResult"]
 _TRADE_TOL = 1e-7  # units of V: below this a trade is solver noise
 
 
@@ -103,7 +107,8 @@ class HouseholdResult:
 
     objective : of the rounded trades; objective_continuous : of the convex solution;
     rounding_cost : their difference. budget_overrun : realized gain above the budget (USD; whole
-    shares or hard rules needed it; status budget_exceeded). naive_objective : of the naive trades, in the same
+    shares or hard rules needed it; status budget_exceeded). fallbacks : solves the fast solver
+    handed to the reference because it did not converge. naive_objective : of the naive trades, in the same
     objective; naive_feasible : those trades obey every rule of the problem (then
     objective_continuous <= naive_objective up to solver tolerance). taxes_saved : naive_tax - tax (DESIGN section 6), split
     into harvest_value (extra losses), deferral_value (gains not realized) and wait_value
@@ -142,6 +147,7 @@ class HouseholdResult:
     bought: float
     sold: float
     fee: float
+    fallbacks: int = 0
     timings: dict = field(default_factory=dict)
 
     @property
@@ -151,9 +157,61 @@ class HouseholdResult:
 
 def rebalance_household(market: Market, hh: Household, settings: OptimizerSettings | None = None,
                         solver: Solver | None = None, date=None) -> HouseholdResult:
-    """Rebalance household ``hh`` (see the module docstring)."""
+    """Rebalance household ``hh`` (see the module docstring), one solve at a time."""
     settings = settings or OptimizerSettings()
     solve = solver or solve_reference
+    steps = _steps(market, hh, settings, date)
+    try:
+        p = next(steps)
+        while True:
+            p = steps.send(solve(p, settings.solver_tolerance))
+    except StopIteration as done:
+        return done.value
+
+
+def rebalance_households(market: Market, households: list[Household], settings: OptimizerSettings | None = None,
+                         solver: BatchSolver | None = None, date=None,
+                         on_done: Callable[[int], None] | None = None) -> list[HouseholdResult | Exception]:
+    """Rebalance many households with their solves batched: each round gathers the next
+    problem of every household still running (first solves, wash-sale re-solves, budget
+    relaxations) and hands them to ``solver`` in one call. Returns, per household, its
+    :class:`HouseholdResult` or the exception its run raised (:class:`BookDataError`,
+    :class:`OptimizationError` or any other); ``on_done(n)`` is called as households finish.
+    """
+    settings = settings or OptimizerSettings()
+    solver = solver or (lambda ps, tol: [solve_reference(p, tol) for p in ps])
+    out: list = [None] * len(households)
+    pending: dict[int, tuple[_Steps, HouseholdProblem]] = {}
+    finished = 0
+
+    def advance(i: int, steps: _Steps, result: SolveResult | None) -> None:
+        nonlocal finished
+        try:
+            p = next(steps) if result is None else steps.send(result)
+        except StopIteration as done:
+            out[i] = done.value
+        except Exception as e:  # noqa: BLE001 - the caller files it under the household
+            out[i] = e
+        else:
+            pending[i] = (steps, p)
+            return
+        finished += 1
+        if on_done is not None:
+            on_done(finished)
+
+    for i, hh in enumerate(households):
+        advance(i, _steps(market, hh, settings, date), None)
+    while pending:
+        items = sorted(pending.items())
+        pending.clear()
+        results = solver([p for _, (_, p) in items], settings.solver_tolerance)
+        for (i, (steps, _)), r in zip(items, results, strict=True):
+            advance(i, steps, r)
+    return out
+
+
+def _steps(market: Market, hh: Household, settings: OptimizerSettings, date) -> _Steps:
+    """The run of one household; yields the problems to solve (see :func:`rebalance_households`)."""
     date = np.datetime64(date if date is not None else market.as_of, "D")
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -163,21 +221,29 @@ def rebalance_household(market: Market, hh: Household, settings: OptimizerSettin
     naive_obj = p0.objective(naive.x)  # the same function for every restriction of p0
     timings["build"] = time.perf_counter() - t
 
+    # Solve time: the solver's own seconds for each problem (a batch shares its time out)
+    # plus this household's work between solves, never the wait for other households.
+    solved: list[SolveResult] = []
+    waited = [0.0]
+
+    def solve(q: HouseholdProblem):
+        t_yield = time.perf_counter()
+        r = yield q
+        waited[0] += time.perf_counter() - t_yield
+        solved.append(r)
+        return r
+
     t = time.perf_counter()
-    solves = 0
     p = p0
     status = HouseholdStatus.OPTIMAL
-    r = solve(p, settings.solver_tolerance)
-    solves += 1
+    r = yield from solve(p)
     if r.status == SolveStatus.INFEASIBLE or (not r.status.usable and math.isfinite(p.budget)):
         # An unmeetable budget shows up as infeasible, or as a failure when the solver cannot
         # certify it: the LP in _relax_budget tells which.
-        p, r, extra, _ = _relax_budget(p, solve, settings, r)
-        solves += extra
+        p, r, _ = yield from _relax_budget(p, solve, r)
     _check(p, r)
 
-    best_p, best = _settle_directions(p, r, solve, settings, {})
-    solves += best.extra.get("solves", 0)
+    best_p, best = yield from _settle_directions(p, r, solve, {})
     naive_ok = max(p.violation(naive.x).values()) <= 1e-9 and not _conflicts(p, naive.x)
     if naive_ok:
         # The directions the naive trades imply, completed by the first solve's for groups
@@ -186,8 +252,7 @@ def rebalance_household(market: Market, hh: Household, settings: OptimizerSettin
         chosen = best.extra.get("modes", {})
         if _conflicts(p, r.x) and any(chosen.get(g) != m for g, m in modes.items()):
             q = p.restrict(_mode_mask(p, modes))
-            cand = solve(q, settings.solver_tolerance)
-            solves += 1
+            cand = yield from solve(q)
             if cand.status.usable and not _conflicts(q, cand.x) and cand.objective < best.objective:
                 best_p, best = q, cand
     if naive_ok and naive_obj < best.objective - 1e-7:
@@ -200,7 +265,9 @@ def rebalance_household(market: Market, hh: Household, settings: OptimizerSettin
                            extra=best.extra)
     if best.status == SolveStatus.OPTIMAL_INACCURATE and status == HouseholdStatus.OPTIMAL:
         status = HouseholdStatus.OPTIMAL_INACCURATE
-    timings["solve"] = time.perf_counter() - t
+    solves = len(solved)
+    fallbacks = sum(1 for x in solved if x.extra.get("fallback"))
+    timings["solve"] = sum(x.setup_seconds + x.solve_seconds for x in solved) + (time.perf_counter() - t - waited[0])
 
     t = time.perf_counter()
     orders = round_solution(market, hh, best_p, best.x, lt, settings.min_weight)
@@ -241,7 +308,7 @@ def rebalance_household(market: Market, hh: Household, settings: OptimizerSettin
         harvest_value=split["harvest"], deferral_value=split["deferral"], wait_value=split["wait"],
         budget_room=room if math.isfinite(room) else math.inf, budget_overrun=overrun,
         bought=float(np.sum(trades.value[trades.is_buy])), sold=float(np.sum(trades.value[sells])),
-        fee=hh.fee_rate * V, timings=timings)
+        fee=hh.fee_rate * V, fallbacks=fallbacks, timings=timings)
 
 
 def _check(p: HouseholdProblem, r: SolveResult) -> None:
@@ -252,11 +319,11 @@ def _check(p: HouseholdProblem, r: SolveResult) -> None:
         raise SolverFailure(p.household_id, r.solver, r.message or str(r.status))
 
 
-def _relax_budget(p: HouseholdProblem, solve: Solver, settings: OptimizerSettings, first: SolveResult):
+def _relax_budget(p: HouseholdProblem, solve, first: SolveResult):
     """After a solve that failed or found no feasible point: the smallest realizable gain under
     the other hard rules (an LP); if the budget is below it, or so close to it that the
     feasible set is too thin for the solver, solve with the budget raised just above it.
-    Returns (problem, result, solves, relaxed)."""
+    A generator (``solve`` yields the problem); returns (problem, result, relaxed)."""
     C = p.cash_matrix()
     ub = np.where(np.isfinite(p.ub), p.ub, None)
     lp = so.linprog(p.gain, A_ub=C, b_ub=p.cash_rhs, bounds=list(zip(p.lb, ub)), method="highs")
@@ -267,17 +334,15 @@ def _relax_budget(p: HouseholdProblem, solve: Solver, settings: OptimizerSetting
         raise SolverFailure(p.household_id, "highs", f"budget feasibility LP: {lp.message}")
     g_min = float(lp.fun)
     if g_min < p.budget - 1e-4 * (1.0 + abs(g_min)):
-        return p, first, 0, False  # the budget leaves room: it is not what went wrong
+        return p, first, False  # the budget leaves room: it is not what went wrong
     # The smallest gain leaves a feasible set with no interior: give the solver some room,
     # more if it still cannot converge. The overrun is reported against the true budget.
-    solves = 0
     for slack in (1e-8, 1e-7, 1e-6, 1e-5, 1e-4):
         q = p.with_budget(max(p.budget, g_min + slack * (1.0 + abs(g_min))))
-        r = solve(q, settings.solver_tolerance)
-        solves += 1
+        r = yield from solve(q)
         if r.status.usable:
             break
-    return q, r, solves, True
+    return q, r, True
 
 
 def _group_flows(p: HouseholdProblem, x: np.ndarray) -> tuple[dict, dict]:
@@ -343,31 +408,29 @@ def _directions(p: HouseholdProblem, x: np.ndarray) -> dict[int, str]:
     return modes
 
 
-def _settle_directions(p: HouseholdProblem, r: SolveResult, solve: Solver, settings: OptimizerSettings,
-                       modes: dict[int, str]) -> tuple[HouseholdProblem, SolveResult]:
+def _settle_directions(p: HouseholdProblem, r: SolveResult, solve, modes: dict[int, str]):
     """If ``r`` buys a group and sells it at a loss, give every group that could do both a
     direction (:func:`_directions`, ``modes`` first) and solve once more: the result cannot
-    conflict. If those directions leave no feasible trades, every group gets 'sell'."""
+    conflict. If those directions leave no feasible trades, every group gets 'sell'.
+    A generator (``solve`` yields the problem); returns (problem, result)."""
     _check(p, r)
     if not _conflicts(p, r.x):
-        r.extra.update(modes=dict(modes), solves=0)
+        r.extra.update(modes=dict(modes))
         return p, r
     fixed = {**_directions(p, r.x), **modes}
     q = p.restrict(_mode_mask(p, fixed))
-    r2 = solve(q, settings.solver_tolerance)
-    solves = 1
+    r2 = yield from solve(q)
     if not r2.status.usable and any(m == "buy" for m in fixed.values()):
         # A 'buy' direction forbade a loss sale the budget or a cash reserve needs. 'sell'
         # only forbids buys, which no hard rule needs, so all-'sell' is always feasible (the
         # solver may report such an empty set as a failure rather than certify it).
         fixed = {g: "sell" for g in fixed}
         q = p.restrict(_mode_mask(p, fixed))
-        r2 = solve(q, settings.solver_tolerance)
-        solves += 1
+        r2 = yield from solve(q)
     _check(q, r2)
     if _conflicts(q, r2.x):  # cannot happen: every group that could conflict has a direction
         raise SolverFailure(p.household_id, r2.solver, "wash-sale directions did not settle")
-    r2.extra.update(modes=fixed, solves=solves)
+    r2.extra.update(modes=fixed)
     return q, r2
 
 

@@ -69,6 +69,7 @@ _HH_FIELDS = [
     ("dual_residual", pa.float64(), "KKT stationarity residual, USD."),
     ("iterations", pa.int32(), "Solver iterations of the final solve."),
     ("solves", pa.int32(), "Solves for this household."),
+    ("fallbacks", pa.int32(), "Solves the fast solver handed to the reference because it did not converge."),
 ]
 # Timings are not columns: the outputs of a run are a pure function of its inputs (same bytes
 # on a re-run or a retried task); per-shard timings go to the shard's completion record.

@@ -66,6 +66,8 @@ def shard_totals(pairs: list[tuple[Household, HouseholdResult]], rejections: Ite
         },
         "solver": {
             "solves": sum(r.solves for r in rs),
+            "fallback_solves": sum(r.fallbacks for r in rs),
+            "fallback_households": sum(1 for r in rs if r.fallbacks),
             "iterations": sum(r.iterations for r in rs),
             "naive_infeasible": sum(1 for r in rs if not r.naive_feasible),
             "max_primal_residual": max((r.primal_residual for r in rs), default=0.0),

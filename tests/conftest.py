@@ -8,6 +8,10 @@ exactly as it would find MinIO or AWS (no test-only code paths).
 from __future__ import annotations
 
 import os
+
+# One BLAS thread per process, as the job runs (see jobs/cli.py).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 import uuid
 from dataclasses import dataclass
 from typing import Any

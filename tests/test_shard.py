@@ -108,16 +108,16 @@ def test_a_target_without_price_rejects_the_households_that_need_it(tmp_path):
 
 
 def test_an_unexpected_failure_rejects_only_that_household(book, tmp_path, monkeypatch):
-    import cluster.shard as shard_mod
+    import rebalancer.optimize as optimize_mod
 
-    real = shard_mod.rebalance_household
+    real = optimize_mod._steps
 
     def flaky(market, hh, *a, **kw):
         if hh.household_id == 11:
             raise ZeroDivisionError("float division by zero")
-        return real(market, hh, *a, **kw)
+        return (yield from real(market, hh, *a, **kw))
 
-    monkeypatch.setattr(shard_mod, "rebalance_household", flaky)
+    monkeypatch.setattr(optimize_mod, "_steps", flaky)
     out = str(tmp_path / "runs")
     rec = run_shard(job(book, out))
     rej = read(out, "r1", "rejected").to_pylist()
