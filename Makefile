@@ -8,8 +8,10 @@ DEMO_ACCOUNTS ?= 3000
 DEMO_SEED ?= 7
 DEMO_BOOK ?= data/demo-book
 DEMO_OUT ?= data/runs
+ACCOUNTS ?= 10000
+CAPACITY_ARGS ?=
 
-.PHONY: run test install clean
+.PHONY: run test install clean capacity
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/rebalance generate --accounts $(DEMO_ACCOUNTS) --seed $(DEMO_SEED) --out $(DEMO_BOOK) --overwrite
 	$(VENV)/bin/rebalance run --book $(DEMO_BOOK) --out $(DEMO_OUT)
+
+# Capacity test: generate (or reuse) a book of $(ACCOUNTS) accounts, run it on a local Ray, solve
+# a sample both ways; figures in docs/capacity/ and docs/capacity.md (e.g. make capacity ACCOUNTS=50000
+# CAPACITY_ARGS="--num-cpus 8").
+capacity: $(STAMP)
+	$(VENV)/bin/rebalance capacity --accounts $(ACCOUNTS) $(CAPACITY_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -2,22 +2,30 @@
 
 Subcommands: ``generate`` (a synthetic book), ``validate`` (a book against the data contract),
 ``household`` (rebalance one household and print its trades), ``run`` (rebalance the whole
-book on Ray), ``schema`` (print the contract). Exit status: 0 success, 1 the book has errors,
+book on Ray), ``capacity`` (generate or reuse a book, run it, and report speed, memory and
+both solvers side by side), ``schema`` (print the contract). Exit status: 0 success, 1 the book has errors,
 2 bad usage or an unreadable input, 3 a run finished incomplete (shards failed; re-run with
 the same ``--run-id`` to finish it).
 """
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 import os
-import resource
-import sys
-import time
 
-from rebalancer.errors import RebalancerError
-from rebalancer.storage import S3Options
+# The engine's parallelism is across processes (Ray tasks), one core each: BLAS threads on top
+# of that only contend (the batched solver's many small products slow down by 10x and more on
+# a busy machine). Set before numpy is imported; an explicit setting in the environment wins.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import datetime as dt  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from rebalancer.errors import RebalancerError  # noqa: E402
+from rebalancer.storage import S3Options  # noqa: E402
 
 __all__ = ["main"]
 
@@ -166,7 +174,9 @@ def add_run_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--address", default=None,
                    help="Ray cluster to join (else RAY_ADDRESS; with neither, a local Ray is started for the run)")
     r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
-    r.add_argument("--solver", default="reference", choices=["reference"], help="household solver")
+    r.add_argument("--solver", default="fast", choices=["fast", "reference"],
+                   help="household solver: fast (batched interior point, falling back to the reference where it "
+                        "does not converge) or reference (cvxpy + Clarabel)")
     r.add_argument("--shard-work", type=float, default=DEFAULT_SHARD_WORK,
                    help="work per shard, in lots + positions + 40 per household")
     r.add_argument("--max-in-flight", type=int, default=None, help="tasks in flight (default: twice the cluster's CPUs)")
@@ -184,6 +194,53 @@ def cmd_run(args) -> int:
     outcome = run_book(req, stream=None if args.quiet else sys.stderr)
     print(json.dumps(outcome.summary, indent=2, sort_keys=True) if args.json else outcome.text)
     return 0 if outcome.complete else 3
+
+
+def add_capacity_args(c: argparse.ArgumentParser) -> None:
+    """Arguments of ``rebalance capacity`` and ``jobs/capacity_test.py``."""
+    from cluster.plan import DEFAULT_SHARD_WORK
+
+    c.add_argument("--accounts", type=int, required=True, help="accounts in the book")
+    c.add_argument("--seed", type=int, default=1, help="the book's random seed")
+    c.add_argument("--book", default=None,
+                   help="book URI (default data/capacity/book-<accounts>-s<seed>): reused when its book.json has "
+                        "the same accounts, seed and accounts per bucket, else generated")
+    c.add_argument("--overwrite-book", action="store_true", help="replace another book found at --book")
+    c.add_argument("--accounts-per-bucket", type=int, default=2500, help="sets the book's number of buckets")
+    c.add_argument("--generate-workers", type=int, default=0, help="processes generating the book (default: one per CPU)")
+    c.add_argument("--out", default="data/capacity/runs", help="where runs go (a new run id each time)")
+    c.add_argument("--date", type=dt.date.fromisoformat, default=None, help="trade date (default: the book's as-of date)")
+    c.add_argument("--address", default=None,
+                   help="Ray cluster to join (else RAY_ADDRESS; with neither, a local Ray is started for the run)")
+    c.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    c.add_argument("--solver", default=None, help="the job's household solver (default: fast when the job has it, else reference)")
+    c.add_argument("--shard-work", type=float, default=DEFAULT_SHARD_WORK,
+                   help="work per shard, in lots + positions + 40 per household")
+    c.add_argument("--max-in-flight", type=int, default=None, help="tasks in flight (default: twice the cluster's CPUs)")
+    c.add_argument("--sample", type=int, default=20, help="households per kind solved both ways (0: none)")
+    c.add_argument("--sample-mix", type=int, default=100, help="households of the standard mix solved both ways (0: none)")
+    c.add_argument("--sample-buckets", type=int, default=2, help="buckets the sample is drawn from")
+    c.add_argument("--sample-seed", type=int, default=0, help="seed of the sample")
+    c.add_argument("--docs", default="docs",
+                   help="folder for capacity/capacity-<accounts>.json and capacity.md (complete runs only)")
+    c.add_argument("--no-docs", action="store_true", help="write the figures into the run's folder only")
+    c.add_argument("--json", action="store_true", help="print the figures as JSON instead of the one-screen summary")
+    c.add_argument("--quiet", action="store_true", help="no progress")
+    _s3_args(c)
+
+
+def cmd_capacity(args) -> int:
+    from cluster.capacity import CapacityRequest, format_report, run_capacity
+
+    req = CapacityRequest(accounts=args.accounts, seed=args.seed, book=args.book, overwrite_book=args.overwrite_book,
+                          accounts_per_bucket=args.accounts_per_bucket, generate_workers=args.generate_workers,
+                          out=args.out, date=args.date, address=args.address, num_cpus=args.num_cpus,
+                          solver=args.solver, shard_work=args.shard_work, max_in_flight=args.max_in_flight,
+                          s3=_s3(args), per_kind=args.sample, mix=args.sample_mix, sample_buckets=args.sample_buckets,
+                          sample_seed=args.sample_seed, docs=None if args.no_docs else args.docs)
+    report = run_capacity(req, stream=None if args.quiet else sys.stderr)
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_report(report))
+    return 0 if report["run"]["complete"] else 3
 
 
 def cmd_schema(args) -> int:
@@ -227,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="rebalance every household of a book on Ray (exit 3 if shards failed)")
     add_run_args(r)
     r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("capacity", help="capacity test: generate or reuse a book, run it, report speed, memory "
+                                        "and both solvers on a sample (exit 3 if shards failed)")
+    add_capacity_args(c)
+    c.set_defaults(func=cmd_capacity)
 
     s = sub.add_parser("schema", help="print the data contract as Markdown")
     s.add_argument("--markdown", action="store_true", help="(the only format)")
