@@ -110,7 +110,7 @@ class _Group:
     d0: np.ndarray      # (B, n) active weights at x = 0 (fixed variables folded in)
     Dp: np.ndarray      # (B, n)
     W: np.ndarray       # (B, n, r)
-    Zt: np.ndarray      # (B, r, n)
+    Zt: np.ndarray | None  # (B, r, n); None for a dense group (W = P, Z = I)
     h: np.ndarray       # (B, m) row right-hand sides (1 on padded rows)
     rv: np.ndarray      # (B, m) float 1.0 where the row exists
 
@@ -130,7 +130,13 @@ class _Group:
             ids=self.ids[keep], start=start, hh=hh, fsec=hh * n + self.fsec[vm] % n, frow=hh * m + self.frow[vm] % m,
             fbrow=hh * m + self.fbrow[vm] % m, sign=self.sign[vm], gainb=self.gainb[vm], lb=self.lb[vm], ub=self.ub[vm],
             fin=self.fin[vm], c=self.c[vm], q2=self.q2[vm], d0=self.d0[keep], Dp=self.Dp[keep], W=self.W[keep],
-            Zt=self.Zt[keep], h=self.h[keep], rv=self.rv[keep]), vm
+            Zt=None if self.Zt is None else self.Zt[keep], h=self.h[keep], rv=self.rv[keep]), vm
+
+
+def _is_dense(struct) -> bool:
+    """risk_structure gave the dense form (W = P, Z = I)."""
+    _, w, z = struct
+    return z.shape[0] == z.shape[1] and not np.any(struct[0]) and np.array_equal(z, np.eye(len(z)))
 
 
 def _group(problems, structs, ids) -> tuple[_Group, list]:
@@ -140,7 +146,8 @@ def _group(problems, structs, ids) -> tuple[_Group, list]:
     m = max(problems[i].n_accounts + 1 for i in ids)
     B = len(ids)
     d0, Dp = np.zeros((B, n)), np.zeros((B, n))
-    W, Zt = np.zeros((B, n, r)), np.zeros((B, r, n))
+    dense = all(_is_dense(structs[i]) for i in ids)
+    W, Zt = np.zeros((B, n, r)), None if dense else np.zeros((B, r, n))
     h, rv = np.ones((B, m)), np.zeros((B, m))
     parts, free_idx = [], []
     for b, i in enumerate(ids):
@@ -155,7 +162,8 @@ def _group(problems, structs, ids) -> tuple[_Group, list]:
         d0[b, :ni] = p.w0 - p.target + np.bincount(p.security, weights=sign * fixed_x, minlength=ni)
         Dp[b, :ni] = dp
         W[b, :ni, :w.shape[1]] = w
-        Zt[b, :z.shape[1], :ni] = z.T
+        if not dense:
+            Zt[b, :z.shape[1], :ni] = z.T
         h[b, :A] = p.cash_rhs - np.bincount(p.account, weights=sign * fixed_x, minlength=A)
         rv[b, :A] = 1.0
         has_b = math.isfinite(p.budget)
@@ -207,8 +215,12 @@ class _Ops:
         """Risk matrix times (B, n) or (B, n, k)."""
         g = self.g
         if u.ndim == 2:
-            return g.Dp * u + (g.W @ (g.Zt @ u[:, :, None]))[:, :, 0]
-        return g.Dp[:, :, None] * u + g.W @ (g.Zt @ u)
+            return g.Dp * u + (g.W @ self.Zt(u[:, :, None]))[:, :, 0]
+        return g.Dp[:, :, None] * u + g.W @ self.Zt(u)
+
+    def Zt(self, u):
+        """Z' u for u (B, n, k); Z = I in a dense group."""
+        return u if self.g.Zt is None else self.g.Zt @ u
 
     def G(self, v):
         """(Nt,) -> (B, m): cash rows and budget row."""
@@ -229,7 +241,7 @@ class _Ops:
         S = np.bincount(g.fsec, weights=Einv, minlength=B * n).reshape(B, n)
         Delta = 1.0 + S * g.Dp
         SWd = (S / Delta)[:, :, None] * g.W  # Delta^-1 S W
-        core = g.Zt @ SWd
+        core = self.Zt(SWd).copy()
         core[:, np.arange(r), np.arange(r)] += 1.0
         coreinv = _inv(core)
         fac = (Einv, Delta, SWd, coreinv)
@@ -254,9 +266,9 @@ class _Ops:
         _, Delta, SWd, coreinv = fac
         if rhs.ndim == 2:
             t = rhs / Delta
-            return t - (SWd @ (coreinv @ (self.g.Zt @ t[:, :, None])))[:, :, 0]
+            return t - (SWd @ (coreinv @ self.Zt(t[:, :, None])))[:, :, 0]
         t = rhs / Delta[:, :, None]
-        return t - SWd @ (coreinv @ (self.g.Zt @ t))
+        return t - SWd @ (coreinv @ self.Zt(t))
 
 
 def _inv(a: np.ndarray) -> np.ndarray:
@@ -370,11 +382,11 @@ def _solve_group(g: _Group, tolerance: float):
             dx = Einv * (r1 - ops.Gt(dy)) - Einv * ops.At(back)
             return dx, dy
 
-        def direction(rl, ru, rs):
+        def direction(rl, ru, rs, refine):
             r1 = -rd + rl / tl - ru / tu
             r2 = -rp - rs / np.where(g.rv > 0, y, 1.0) * g.rv
             dx, dy = reduced(r1, r2)
-            for _ in range(_REFINE):  # iterative refinement against the unregularized system
+            for _ in range(refine):  # iterative refinement against the unregularized system
                 e1 = r1 - (E_true * dx + ops.At(ops.P(ops.A(dx))) + ops.Gt(dy))
                 e2 = g.rv * (r2 - (ops.G(dx) - Wrow * dy))
                 cx, cy = reduced(e1, e2)
@@ -392,7 +404,8 @@ def _solve_group(g: _Group, tolerance: float):
             return np.minimum(a, np.min(np.where(g.rv > 0, rows, np.inf), axis=1))
 
         # predictor
-        aff = direction(-tl * zl, -tu * zu, -s * y * g.rv)
+        # The predictor only sets the centering: no refinement (the corrector's step is taken).
+        aff = direction(-tl * zl, -tu * zu, -s * y * g.rv, 0)
         dx, dy, dzl, dzu, ds = aff
         al = np.minimum(1.0, step(*aff))
         alh = al[g.hh]
@@ -405,7 +418,7 @@ def _solve_group(g: _Group, tolerance: float):
         rl = smh - tl * zl - dx * dzl
         ru = fin * (smh - tu * zu + dx * dzu)
         rs = g.rv * (smu[:, None] - s * y - ds * dy)
-        dx, dy, dzl, dzu, ds = direction(rl, ru, rs)
+        dx, dy, dzl, dzu, ds = direction(rl, ru, rs, _REFINE)
         # One step length for primal and dual: the dual residual of a QP depends on x.
         al = np.minimum(1.0, _STEP * step(dx, dy, dzl, dzu, ds))
         al = np.where(live, al, 0.0)
@@ -421,14 +434,16 @@ def _solve_group(g: _Group, tolerance: float):
 def _chunks(problems, structs, ids):
     """Groups of similar size: sorted by (rank, securities), cut where the padded blocks would
     grow by more than a quarter or exceed the cell budget."""
-    order = sorted(ids, key=lambda i: (structs[i][1].shape[1], len(problems[i].securities)))
+    dense = {i: _is_dense(structs[i]) for i in ids}
+    order = sorted(ids, key=lambda i: (dense[i], structs[i][1].shape[1], len(problems[i].securities)))
     out, cur = [], []
     for i in order:
         n, r = len(problems[i].securities), structs[i][1].shape[1]
         if cur:
             n0 = len(problems[cur[0]].securities)
             r0 = structs[cur[0]][1].shape[1]
-            if n > 1.25 * n0 + 8 or r > 1.25 * r0 + 8 or (len(cur) + 1) * n * r > _GROUP_CELLS:
+            if (dense[i] != dense[cur[0]] or n > 1.25 * n0 + 8 or r > 1.25 * r0 + 8
+                    or (len(cur) + 1) * n * r > _GROUP_CELLS):
                 out.append(cur)
                 cur = []
         cur.append(i)
