@@ -1,10 +1,13 @@
 """The fast household solver: a primal-dual interior-point method in numpy, batched over
 households, on the structure of the household problem (DESIGN section 4).
 
-For a batch of problems the variables of all households are one flat vector; every
-per-variable operation is one numpy operation over the batch, and every per-household one
-(a small dense system) is one batched ``np.linalg.solve``. There is no Python loop over
-households in the iterations.
+Problems are grouped by size (dense or low-rank risk, rank r, securities n); in a group the
+free variables of all households are one flat vector, each household's contiguous, and every
+per-variable operation is one numpy operation over the group (segment sums and minima by
+``reduceat``, scatters to securities and rows by ``bincount``); every per-household one (a
+small dense system) is one batched product or inverse. There is no Python loop over
+households in the iterations. A household that has converged (or stalled) is dropped from
+the arrays once a fifth of the group has finished.
 
 The Newton matrix on a household's free variables is ``K = E + A' P A``: E diagonal (barrier
 terms and the impact term), A the incidence of variables on securities (one +-1 per column),
@@ -21,9 +24,18 @@ r x r system: O(n r^2) per iteration instead of O(n^3). Where the low-rank part 
 smaller than n (small fund households), W = P and Z = I: the dense n x n system.
 
 The coupling rows (cash per account, the tax budget) are few: their Schur complement
-``G K^-1 G' + diag(s / y)`` is an m x m system per household. Mehrotra's predictor-corrector
-with a step length per household; a household stops when its residuals and its gap are below
-the tolerance.
+``G K^-1 G' + diag(s / y)`` (m x m per household) is formed from scatters of E^-1 onto
+(security, row) pairs, without solving for each row. Mehrotra's predictor-corrector, one step
+length for primal and dual per household (the dual residual of a QP depends on x), a primal
+regularization of 1e-8 with one round of iterative refinement of the corrector step.
+
+Stopping, per household, in units of household value with ``tol`` the tolerance asked: dual
+residual <= 100 tol, row residual <= tol, duality gap <= 100 tol (1e-6 V at the default
+1e-8: $1 on $1M, a hundredth of the agreement asked of it against the reference). The best
+iterate is kept; a household whose iterates stall (rounding takes over near the solution)
+stops there and is ``optimal_inaccurate`` if its best iterate is within 10x those
+tolerances, else ``failed`` (the job then solves it with the reference). The solver does
+not certify infeasibility: an infeasible problem ends ``failed``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """Rebalance one household: build, solve, settle wash-sale directions, round, measure.
 
-:func:`rebalance_household` is what a shard task calls per household. It returns a
+:func:`rebalance_households` is what a shard task calls: every household of the shard at
+once, each household's solves gathered into batches for the solver (the run of one household
+is a generator that yields the problems it needs solved). :func:`rebalance_household` runs
+one household, one solve at a time. A household's run returns a
 :class:`HouseholdResult` (trades with reasons, status, objective, residuals, timings,
 tracking error before and after, realized gains and losses, tax, the naive counterfactual's
 tax and the taxes saved or deferred) or raises:
@@ -9,7 +12,8 @@ tax and the taxes saved or deferred) or raises:
 - :class:`HouseholdInfeasible` when no trades satisfy the hard rules;
 - :class:`SolverFailure` when the solver fails.
 
-Nothing is silently held: a caller records the error as the household's rejection reason.
+(:func:`rebalance_households` returns the exception in the household's place.) Nothing is
+silently held: a caller records the error as the household's rejection reason.
 
 Two parts of the problem are not convex and are settled around the convex solves:
 
