@@ -58,15 +58,16 @@ from rebalancer.reference import solve_reference
 from rebalancer.schema import HOUSEHOLD_TABLES, REFERENCE_TABLES
 from rebalancer.settings import OptimizerSettings
 from rebalancer.solution import SolveResult, SolveStatus
+from rebalancer.solvers import DEFAULT_SOLVER, SOLVERS
 from rebalancer.storage import S3Options, open_uri
 
 from .driver import RunRequest, run_book
 from .layout import RunLayout
 from .plan import DEFAULT_SHARD_WORK, Plan
-from .shard import SOLVERS, settings_to_json
+from .shard import settings_to_json
 from .summary import TASK_STAGES
 
-__all__ = ["CapacityRequest", "BookReady", "Sample", "default_book_uri", "default_solver", "ensure_book",
+__all__ = ["CapacityRequest", "BookReady", "Sample", "default_book_uri", "ensure_book",
            "draw_sample", "compare_solvers", "run_capacity", "load_reports", "render_markdown", "write_docs",
            "format_report", "MIX", "REPORT_FILE"]
 
@@ -82,11 +83,6 @@ def default_book_uri(accounts: int, seed: int) -> str:
     return f"data/capacity/book-{accounts}-s{seed}"
 
 
-def default_solver() -> str:
-    """The job's solver for a capacity test: ``fast`` once the job has it, else ``reference``."""
-    return "fast" if "fast" in SOLVERS else "reference"
-
-
 @dataclass(frozen=True)
 class CapacityRequest:
     """A capacity test.
@@ -96,7 +92,7 @@ class CapacityRequest:
         replaced only at the default path or with ``overwrite_book``.
     generate_workers : processes generating the book (0: one per CPU, at most one per bucket).
     out, date, address, num_cpus, solver, shard_work, max_in_flight, settings, s3 : the run's
-        (:class:`cluster.driver.RunRequest`); solver None: :func:`default_solver`.
+        (:class:`cluster.driver.RunRequest`); solver None: the job's default (``fast``).
     per_kind, mix, sample_buckets, sample_seed : the side-by-side sample: households per kind,
         households of the standard mix, buckets read, seed. ``per_kind = mix = 0``: no sample.
     docs : folder for ``capacity/capacity-<accounts>.json`` and ``capacity.md`` (None: none).
@@ -378,7 +374,7 @@ def _stages(records: list[dict], cpus: float) -> dict:
 def run_capacity(req: CapacityRequest, stream: TextIO | None = sys.stderr) -> dict:
     """Run the capacity test of ``req``; returns its report (also written as JSON)."""
     created = dt.datetime.now(dt.timezone.utc)
-    solver = req.solver or default_solver()
+    solver = req.solver or DEFAULT_SOLVER
     ready = ensure_book(req)
     if stream is not None:
         how = f"generated in {ready.generate_seconds:,.1f} s" if ready.generated else "reused"

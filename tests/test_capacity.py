@@ -25,7 +25,6 @@ import sys
 import pytest
 import ray
 
-from cluster import capacity as cap
 from cluster.capacity import MIX, REPORT_FILE, CapacityRequest, draw_sample, ensure_book, load_reports, render_markdown
 from cluster.summary import TASK_STAGES
 from jobs.cli import build_parser, cmd_capacity, main
@@ -182,13 +181,6 @@ def test_sample_is_seeded(done):
     assert other != a1
     for ids in a1.values():
         assert len(set(ids)) == len(ids)
-
-
-def test_default_solver_is_fast_once_the_job_has_it(monkeypatch):
-    monkeypatch.setattr(cap, "SOLVERS", {"reference": object()})
-    assert cap.default_solver() == "reference"
-    monkeypatch.setattr(cap, "SOLVERS", {"reference": object(), "fast": object()})
-    assert cap.default_solver() == "fast"
 
 
 def test_cli_parses():
