@@ -500,7 +500,7 @@ def solve_batch(problems: list[HouseholdProblem], tolerance: float = 1e-8) -> li
         x = np.clip(x, p.lb, np.where(np.isfinite(p.ub), p.ub, np.inf))
         out.append(SolveResult(solver=SOLVER_NAME, status=st, x=x,
                                objective=p.objective(x) if st.usable else float("nan"),
-                               primal_residual=primal, dual_residual=float(rd[i] * (st.usable or np.nan)),
+                               primal_residual=primal, dual_residual=float(rd[i]) if st.usable else float("nan"),
                                iterations=int(best_it[i]), setup_seconds=setup_s / B, solve_seconds=solve_s / B,
                                message=f"{st} after {int(iters[i])} iterations"))
     return out
