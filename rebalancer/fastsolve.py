@@ -56,6 +56,11 @@ MAX_ITER = 80
 _GROUP_CELLS = 4_000_000  # B * n * r of one group's dense blocks (32 MB per array)
 _STEP = 0.99  # fraction to the boundary
 _REG = 1e-8
+# The starting point: trades at min(half their range, x0), complementarity mu0 (units of V).
+# Dense groups are small fund households; low-rank groups direct-indexed ones, whose many
+# small lots start at half their value and whose buys need a larger, better-centred start
+# (measured on a 300-account book: 18 iterations on average instead of 27, no new failures).
+_START = {"dense": (1e-3, 1e-3), "lowrank": (3e-3, 3e-5)}
 _REFINE = 1  # rounds of iterative refinement of each Newton step
 # Stopping, in multiples of the tolerance asked (units of household value): dual residual,
 # duality gap (a gap of 1e-6 V is $1 per $1M, far inside the agreement asked of the
@@ -314,9 +319,9 @@ def _solve_group(g: _Group, tolerance: float):
     ops = _Ops(g)
     fin = g.fin
     span = np.where(fin > 0, g.ub - g.lb, np.inf)
-    x = g.lb + np.minimum(0.5 * span, 1e-3)
+    x0, mu0 = _START["dense" if g.Zt is None else "lowrank"]
+    x = g.lb + np.minimum(0.5 * span, x0)
     s = np.where(g.rv > 0, np.maximum(g.h - ops.G(x), 1e-2), 1.0)
-    mu0 = 1e-3
     zl = mu0 / (x - g.lb)
     zu = fin * mu0 / np.where(fin > 0, g.ub - x, 1.0)
     y = g.rv * mu0 / s
