@@ -6,8 +6,9 @@
                                   settings) and the shard plan; a resumed run must match it
     trades/shard-00003.parquet    one file per shard and output table, names fixed by the plan
     households/shard-00003.parquet
+    accounts/shard-00003.parquet  one row per account of a rebalanced household (dispersion)
     rejected/shard-00003.parquet
-    _shards/shard-00003.json      the shard's completion record, written after its three files:
+    _shards/shard-00003.json      the shard's completion record, written after its four files:
                                   counts in and out, totals, file sizes and SHA-256, timings
     summary.json                  the run's aggregate figures (rewritten by every attempt)
     manifest.json                 written last, only when every shard is complete
@@ -29,7 +30,7 @@ from .plan import Plan, Shard
 
 __all__ = ["OUTPUT_TABLES", "RUN_ID_PATTERN", "validate_run_id", "new_run_id", "RunLayout"]
 
-OUTPUT_TABLES = ("trades", "households", "rejected")
+OUTPUT_TABLES = ("trades", "households", "accounts", "rejected")
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 RUN_FILE, SUMMARY_FILE, MANIFEST_FILE, SHARDS_DIR = "run.json", "summary.json", "manifest.json", "_shards"
 

@@ -1,7 +1,7 @@
 """One shard's work, start to finish, in one process: what a Ray task runs (no ray here).
 
 :func:`run_shard` reads the shard's households from the book, splits them into checked
-households and rejected accounts, rebalances each household, writes the shard's three output
+households and rejected accounts, rebalances each household, writes the shard's four output
 files and then its completion record, and returns that record (small: counts, totals, file
 sizes and hashes, timings). It checks that every account it read ends in exactly one output.
 
@@ -31,7 +31,7 @@ from rebalancer.errors import BookDataError, BookLayoutError, OptimizationError,
 from rebalancer.household import Household, Rejection, select_households, split_households
 from rebalancer.market import Market
 from rebalancer.optimize import HouseholdResult, rebalance_households
-from rebalancer.outputs import households_table, rejected_table, trades_table
+from rebalancer.outputs import accounts_table, households_table, rejected_table, trades_table
 from rebalancer.schema import HOUSEHOLD_TABLES, REFERENCE_TABLES, TABLES, conform
 from rebalancer.settings import OptimizerSettings
 from rebalancer.solvers import DEFAULT_SOLVER, SOLVERS
@@ -181,7 +181,7 @@ def run_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> d
     t = time.perf_counter()
     rejections.sort(key=lambda j: (j.household_id, j.account_id))
     outputs = {"trades": trades_table(pairs, market), "households": households_table(pairs, rejections),
-               "rejected": rejected_table(rejections)}
+               "accounts": accounts_table(pairs), "rejected": rejected_table(rejections)}
     hh_ids = outputs["households"]["household_id"].to_numpy()
     assert len(np.unique(hh_ids)) == len(hh_ids), f"{shard.label()}: a household in two rows of households/"
     layout = RunLayout(open_uri(job.out_uri, job.s3), job.run_id)

@@ -39,6 +39,7 @@ from typing import Callable, Generator
 import numpy as np
 import scipy.optimize as so
 
+from .dispersion import AccountFigures, account_figures
 from .errors import OptimizationError
 from .household import Household
 from .market import Market
@@ -116,7 +117,8 @@ class HouseholdResult:
     objective; naive_feasible : those trades obey every rule of the problem (then
     objective_continuous <= naive_objective up to solver tolerance). taxes_saved : naive_tax - tax (DESIGN section 6), split
     into harvest_value (extra losses), deferral_value (gains not realized) and wait_value
-    (short-term gains left to turn long-term). timings : seconds per stage.
+    (short-term gains left to turn long-term). accounts : per-account tracking error and active
+    share before, after and naive (:mod:`rebalancer.dispersion`). timings : seconds per stage.
     """
     household_id: int
     status: HouseholdStatus
@@ -152,6 +154,7 @@ class HouseholdResult:
     sold: float
     fee: float
     fallbacks: int = 0
+    accounts: AccountFigures | None = None
     timings: dict = field(default_factory=dict)
 
     @property
@@ -277,6 +280,7 @@ def _steps(market: Market, hh: Household, settings: OptimizerSettings, date) -> 
     orders = round_solution(market, hh, best_p, best.x, lt, settings.min_weight)
     x_round = orders_to_x(best_p, hh, lt, orders)
     trades = _trades(market, hh, best_p, orders, lt)
+    accounts = account_figures(p0, hh, x_round, naive.x)
     timings["postprocess"] = time.perf_counter() - t
 
     V = p0.value
@@ -312,7 +316,7 @@ def _steps(market: Market, hh: Household, settings: OptimizerSettings, date) -> 
         harvest_value=split["harvest"], deferral_value=split["deferral"], wait_value=split["wait"],
         budget_room=room if math.isfinite(room) else math.inf, budget_overrun=overrun,
         bought=float(np.sum(trades.value[trades.is_buy])), sold=float(np.sum(trades.value[sells])),
-        fee=hh.fee_rate * V, fallbacks=fallbacks, timings=timings)
+        fee=hh.fee_rate * V, fallbacks=fallbacks, accounts=accounts, timings=timings)
 
 
 def _check(p: HouseholdProblem, r: SolveResult) -> None:

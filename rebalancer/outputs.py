@@ -1,7 +1,9 @@
-"""The outputs of a run as Arrow tables (DESIGN section 3): trades, households, rejected.
+"""The outputs of a run as Arrow tables (DESIGN section 3): trades, households, accounts, rejected.
 
 One row per lot sold or security bought; one row per household rebalanced; one row per
-account that could not be processed, with its reason. Rows carry ids, never client names.
+account of a rebalanced household (its distance from its own model before and after, for
+dispersion, see :mod:`rebalancer.dispersion`); one row per account that could not be
+processed, with its reason. Rows carry ids, never client names.
 """
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ import pyarrow as pa
 from .household import Household, Rejection
 from .market import Market
 from .optimize import HouseholdResult
-from .schema import TradeSide
+from .schema import AccountType, TradeSide
 
-__all__ = ["TRADES_SCHEMA", "HOUSEHOLDS_SCHEMA", "REJECTED_SCHEMA", "trades_table", "households_table",
-           "rejected_table"]
+__all__ = ["TRADES_SCHEMA", "HOUSEHOLDS_SCHEMA", "ACCOUNTS_SCHEMA", "REJECTED_SCHEMA", "trades_table",
+           "households_table", "accounts_table", "rejected_table"]
 
 
 def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
@@ -81,6 +83,23 @@ HOUSEHOLDS_SCHEMA = pa.schema(
      _f("accounts", pa.int32(), "Accounts in the household (rejected: accounts rejected)."),
      _f("trades", pa.int32(), "Trade rows.")]
     + [_f(n, t, d + " Null if rejected.", True) for n, t, d in _HH_FIELDS])
+
+ACCOUNTS_SCHEMA = pa.schema([
+    _f("account_id", pa.int64(), "Account (of a rebalanced household; rejected accounts are in rejected/)."),
+    _f("household_id", pa.int64(), "Its household."),
+    _f("model_id", pa.int32(), "Model the account follows."),
+    _f("account_type", pa.string(), "taxable | traditional | roth."),
+    _f("direct_indexed", pa.bool_(), "The account holds an index's stocks in place of an ETF."),
+    _f("value", pa.float64(), "Account value before trades (holdings plus cash), USD."),
+    _f("te_before", pa.float64(), "Tracking error against the account's own target before trades (annual volatility)."),
+    _f("te_after", pa.float64(), "The same after the run's trades."),
+    _f("te_naive", pa.float64(), "The same after the naive rebalance."),
+    _f("active_before", pa.float64(), "Active share before trades: half the sum of |active weights|, cash included."),
+    _f("active_after", pa.float64(), "Active share after the run's trades."),
+    _f("active_naive", pa.float64(), "Active share after the naive rebalance."),
+])
+
+_ACCOUNT_TYPES = np.array([AccountType.TAXABLE.value, AccountType.TRADITIONAL.value, AccountType.ROTH.value])
 
 REJECTED_SCHEMA = pa.schema([
     _f("account_id", pa.int64(), "Account that could not be processed."),
@@ -147,6 +166,25 @@ def households_table(pairs: Iterable[tuple[Household, HouseholdResult]],
                      "accounts": len({j.account_id for j in js}), "trades": 0})
     rows.sort(key=lambda x: x["household_id"])
     return pa.Table.from_pylist(rows, schema=HOUSEHOLDS_SCHEMA) if rows else HOUSEHOLDS_SCHEMA.empty_table()
+
+
+def accounts_table(pairs: Iterable[tuple[Household, HouseholdResult]]) -> pa.Table:
+    """One row per account of the rebalanced households ``pairs``, in the order given."""
+    parts = []
+    for hh, r in pairs:
+        f, acc = r.accounts, hh.accounts
+        if f is None:
+            raise ValueError(f"household {hh.household_id}: result has no account figures")
+        parts.append({
+            "account_id": acc.account_id.astype(np.int64), "household_id": np.full(hh.n_accounts, hh.household_id, np.int64),
+            "model_id": acc.model_id.astype(np.int32), "account_type": _ACCOUNT_TYPES[acc.account_type],
+            "direct_indexed": acc.di_etf >= 0, "value": f.value,
+            "te_before": f.te_before, "te_after": f.te_after, "te_naive": f.te_naive,
+            "active_before": f.active_before, "active_after": f.active_after, "active_naive": f.active_naive})
+    if not parts:
+        return ACCOUNTS_SCHEMA.empty_table()
+    return pa.Table.from_arrays([pa.array(np.concatenate([p[f.name] for p in parts]), f.type) for f in ACCOUNTS_SCHEMA],
+                                schema=ACCOUNTS_SCHEMA)
 
 
 def rejected_table(rejections: Iterable[Rejection]) -> pa.Table:

@@ -136,6 +136,11 @@ class Location:
         sel = pafs.FileSelector(self.join(rel), allow_not_found=True, recursive=False)
         return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File)
 
+    def subdirs(self, rel: str = "") -> list[str]:
+        """Names of the folders (S3: common prefixes) directly under ``rel`` (sorted)."""
+        sel = pafs.FileSelector(self.join(rel) if rel else self.path, allow_not_found=True, recursive=False)
+        return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.Directory)
+
     def sizes(self, rel: str) -> dict[str, int]:
         """Name -> size in bytes of the files directly under ``rel``; empty if it does not exist."""
         sel = pafs.FileSelector(self.join(rel), allow_not_found=True, recursive=False)

@@ -24,6 +24,7 @@ import ray
 from conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
 
 from cluster.driver import RunRequest, run_book
+from cluster.layout import OUTPUT_TABLES
 from cluster.plan import bucket_work, plan_shards
 from rebalancer.book import Book
 from rebalancer.generate import GeneratorSettings, generate_book
@@ -152,7 +153,7 @@ def test_rerun_after_a_deleted_output_rewrites_only_that_shard(local_run, tmp_pa
     after = {p: open(p, "rb").read() for p in before}
     assert after == before  # identical bytes, manifest included
     touched = {os.path.relpath(p, run_dir) for p in before if os.stat(p).st_mtime_ns != mtimes[p]}
-    assert touched == {f"{t}/shard-0000{k}.parquet" for t in ("trades", "households", "rejected") for k in (2, 4)} | {
+    assert touched == {f"{t}/shard-0000{k}.parquet" for t in OUTPUT_TABLES for k in (2, 4)} | {
         "manifest.json"}
 
 
