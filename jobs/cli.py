@@ -3,7 +3,7 @@
 Subcommands: ``generate`` (a synthetic book), ``validate`` (a book against the data contract),
 ``household`` (rebalance one household and print its trades), ``run`` (rebalance the whole
 book on Ray), ``capacity`` (generate or reuse a book, run it, and report speed, memory and
-both solvers side by side), ``schema`` (print the contract). Exit status: 0 success, 1 the book has errors,
+both solvers side by side), ``report`` (the run report, HTML and JSON), ``schema`` (print the contract). Exit status: 0 success, 1 the book has errors,
 2 bad usage or an unreadable input, 3 a run finished incomplete (shards failed; re-run with
 the same ``--run-id`` to finish it).
 """
@@ -243,6 +243,24 @@ def cmd_capacity(args) -> int:
     return 0 if report["run"]["complete"] else 3
 
 
+def cmd_report(args) -> int:
+    from cluster.history import write_report
+
+    report, html_uri, json_uri = write_report(args.run, args.since, args.html, args.json_out, s3=_s3(args))
+    h = report["headline"]
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+    print(f"report of run {report['run']['run_id']} ({report['run']['date']}), period from {report['run']['since']} "
+          f"({len(report['run']['runs_read'])} runs, {len(report['run']['runs_skipped'])} left out)")
+    print(f"  taxes saved or deferred: run ${h['taxes_saved_run']:,.0f}, period ${h['taxes_saved_period']:,.0f}; "
+          f"fees for the period ${h['fees_period']:,.0f}")
+    print(f"  households whose tax value exceeds their fee (period): {pct(h['exceeding_period_by_count'])} by count, "
+          f"{pct(h['exceeding_period_by_value'])} by value")
+    print(f"  HTML: {html_uri}\n  JSON: {json_uri}")
+    return 0
+
+
 def cmd_schema(args) -> int:
     from rebalancer.schema import contract_markdown
 
@@ -289,6 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
                                         "and both solvers on a sample (exit 3 if shards failed)")
     add_capacity_args(c)
     c.set_defaults(func=cmd_capacity)
+
+    rp = sub.add_parser("report", help="the run report: tax value vs fees (run and period), tracking error, "
+                                       "dispersion by model, trades by reason, rejected accounts; HTML + JSON")
+    rp.add_argument("--run", required=True, help="the run's URI, <out>/<run_id> (path, file:// or s3://)")
+    rp.add_argument("--since", type=dt.date.fromisoformat, default=None,
+                    help="start of the period (default: 1 January of the run's year); earlier complete runs under "
+                         "<out> from this date are read")
+    rp.add_argument("--html", default=None, help="where to write the HTML (default: <run>/report.html)")
+    rp.add_argument("--json-out", default=None, help="where to write the JSON figures (default: <run>/report.json)")
+    _s3_args(rp)
+    rp.set_defaults(func=cmd_report)
 
     s = sub.add_parser("schema", help="print the data contract as Markdown")
     s.add_argument("--markdown", action="store_true", help="(the only format)")
