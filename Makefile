@@ -8,6 +8,7 @@ DEMO_ACCOUNTS ?= 3000
 DEMO_SEED ?= 7
 DEMO_BOOK ?= data/demo-book
 DEMO_OUT ?= data/runs
+DEMO_RUN_ID ?= demo-$(shell date -u +%Y%m%d-%H%M%S)
 ACCOUNTS ?= 10000
 CAPACITY_ARGS ?=
 
@@ -21,11 +22,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job: generate a demo book into a local folder and rebalance all of it on a local Ray
-# (outputs under $(DEMO_OUT)/<run id>/; the summary says where).
+# The main job: generate a demo book into a local folder, rebalance all of it on a local Ray
+# (outputs under $(DEMO_OUT)/$(DEMO_RUN_ID)/; the summary says where) and write its report
+# (report.html and report.json in the run's folder).
 run: $(STAMP)
 	$(VENV)/bin/rebalance generate --accounts $(DEMO_ACCOUNTS) --seed $(DEMO_SEED) --out $(DEMO_BOOK) --overwrite
-	$(VENV)/bin/rebalance run --book $(DEMO_BOOK) --out $(DEMO_OUT)
+	$(VENV)/bin/rebalance run --book $(DEMO_BOOK) --out $(DEMO_OUT) --run-id $(DEMO_RUN_ID)
+	$(VENV)/bin/rebalance report --run $(DEMO_OUT)/$(DEMO_RUN_ID)
 
 # Capacity test: generate (or reuse) a book of $(ACCOUNTS) accounts, run it on a local Ray, solve
 # a sample both ways; figures in docs/capacity/ and docs/capacity.md (e.g. make capacity ACCOUNTS=50000

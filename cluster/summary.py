@@ -184,6 +184,6 @@ def format_summary(s: dict, run_uri: str) -> str:
         for e in s["rejection_examples"][:3]:
             reason = e["reason"] if len(e["reason"]) <= 110 else e["reason"][:107] + "..."
             lines.append(f"           account {e['account_id']} (household {e['household_id']}, {e['stage']}): {reason}")
-    lines.append(f"Outputs    {run_uri}/  trades/ households/ rejected/ summary.json"
+    lines.append(f"Outputs    {run_uri}/  trades/ households/ accounts/ rejected/ summary.json"
                  + (" manifest.json" if s["complete"] else "  (no manifest: re-run with the same --run-id to finish)"))
     return "\n".join(lines)
