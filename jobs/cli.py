@@ -3,7 +3,8 @@
 Subcommands: ``generate`` (a synthetic book), ``validate`` (a book against the data contract),
 ``household`` (rebalance one household and print its trades), ``run`` (rebalance the whole
 book on Ray), ``capacity`` (generate or reuse a book, run it, and report speed, memory and
-both solvers side by side), ``report`` (the run report, HTML and JSON), ``schema`` (print the contract). Exit status: 0 success, 1 the book has errors,
+both solvers side by side), ``report`` (the run report, HTML and JSON), ``scenario`` (a
+crisis day: reprice the book by a shock and run it; a month of daily harvesting), ``schema`` (print the contract). Exit status: 0 success, 1 the book has errors,
 2 bad usage or an unreadable input, 3 a run finished incomplete (shards failed; re-run with
 the same ``--run-id`` to finish it).
 """
@@ -322,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schema", help="print the data contract as Markdown")
     s.add_argument("--markdown", action="store_true", help="(the only format)")
     s.set_defaults(func=cmd_schema)
+
+    from jobs.scenario import add_parser as add_scenario_parser  # not at the top: jobs.scenario imports jobs.cli
+    add_scenario_parser(sub)
     return p
 
 

@@ -73,4 +73,6 @@ def roll_year(hh: Household) -> Household:
     y = year_tax(hh.ytd_realized_st, hh.ytd_realized_lt, hh.loss_carryforward_st, hh.loss_carryforward_lt,
                  hh.short_term_rate, hh.long_term_rate, hh.state_rate)
     return dataclasses.replace(hh, ytd_realized_st=0.0, ytd_realized_lt=0.0,
-                               loss_carryforward_st=y.carryforward_st, loss_carryforward_lt=y.carryforward_lt)
+                               # to the cent and never below 0: rounding in year_tax can leave -1e-14
+                               loss_carryforward_st=max(round(y.carryforward_st, 2), 0.0),
+                               loss_carryforward_lt=max(round(y.carryforward_lt, 2), 0.0))
