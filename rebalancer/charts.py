@@ -115,7 +115,7 @@ def _tick_labels(ticks: Sequence[float], fmt: str | None) -> list[str]:
 
 
 def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _dropped(n: int, noun: str) -> str:
