@@ -262,7 +262,8 @@ def render_html(report: dict) -> str:
     out.append('<p class="note">Taxes saved or deferred against a tax-naive rebalance (FIFO lots, no harvesting, '
                'no deferral) to the same targets, beside the advisory fee for the same days. The run covers '
                f'{_num("run.days_in_run", r["days_in_run"], "int")} day(s); the period is every run since '
-               f'{html.escape(str(r["since"]))}.</p>')
+               f'{html.escape(str(r["since"]))}. Over the period, harvested losses add up; a deferred gain is the '
+               'same gain run after run, so deferral and waits count at their largest of any run.</p>')
     rows = [("Taxes saved or deferred", "taxes_saved"), ("from losses harvested", "harvest_value"),
             ("from gains deferred", "deferral_value"), ("from short-term gains left to turn long-term", "wait_value"),
             ("Advisory fees", "fees")]

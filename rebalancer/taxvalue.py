@@ -10,8 +10,13 @@ to date) this module adds them up:
   start of the range, that day included), so the runs of a range cover each of its days
   exactly once;
 - the fee of a run is the annual fee at that run's household value times its days / 365;
-- the run figures are the last run's, the period figures the sums over the runs a household
-  was rebalanced in;
+- the run figures are the last run's. Over the period, losses harvested are realized once,
+  so their value adds up over the runs; a gain deferred (or a short-term gain left to turn
+  long-term) is the same gain run after run while the household holds it, and the naive
+  rebalance of every run would sell it again: summing those would count one deferred tax once
+  per run. The period's deferral and wait values are each household's largest of any run
+  (conservative: gains deferred on different days at different times count only once), and
+  taxes saved for the period = harvest (sum) + deferral (largest) + wait (largest);
 - a household's tax value exceeds its fee when ``taxes_saved > fee`` for the same period;
   firm-wide, the share of households that do, by count and weighted by household value
   (the last run's). A household with no fee and a positive tax value exceeds it.
@@ -110,14 +115,17 @@ def tax_value(runs: list[RunHouseholds], since: dt.date) -> TaxValue:
     order = np.argsort(last.household_id)
     run = {k: np.asarray(getattr(last, k), float)[order] for k in _SUMMED}
     run["fee"] = np.asarray(last.fee, float)[order] * days[-1] / 365.0
-    period = {k: np.zeros(len(ids)) for k in _SUMMED + ("fee",)}
+    period = {k: np.zeros(len(ids)) for k in ("harvest_value", "fee")}
+    period.update({k: np.full(len(ids), -np.inf) for k in ("deferral_value", "wait_value")})  # every id is in the last run
     for r, d in zip(runs, days):
         pos = np.searchsorted(ids, r.household_id)
         pos_c = np.minimum(pos, max(len(ids) - 1, 0))
         hit = (pos < len(ids)) & (ids[pos_c] == r.household_id) if len(ids) else np.zeros(len(pos), bool)
-        for k in _SUMMED:
-            np.add.at(period[k], pos[hit], np.asarray(getattr(r, k), float)[hit])
+        np.add.at(period["harvest_value"], pos[hit], np.asarray(r.harvest_value, float)[hit])
+        for k in ("deferral_value", "wait_value"):  # stocks, not flows: the largest of any run
+            np.maximum.at(period[k], pos[hit], np.asarray(getattr(r, k), float)[hit])
         np.add.at(period["fee"], pos[hit], np.asarray(r.fee, float)[hit] * d / 365.0)
+    period["taxes_saved"] = period["harvest_value"] + period["deferral_value"] + period["wait_value"]
     run["ratio"] = _ratio(run["taxes_saved"], run["fee"])
     period["ratio"] = _ratio(period["taxes_saved"], period["fee"])
     return TaxValue(household_id=ids, value=np.asarray(last.value, float)[order], run=run, period=period,

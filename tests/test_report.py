@@ -53,13 +53,15 @@ def test_period_days_cover_each_day_once():
 
 def test_tax_value_against_fees_by_hand():
     since = dt.date(2021, 1, 1)
-    # Household 1: annual fee $3,650 = $10 a day. Run 1 (Jan 1, 1 day): saved $5 vs fee $10.
-    # Run 2 (Jan 5, 4 days): saved $50 (harvest 30, deferral 15, wait 5) vs fee $40.
-    # Period: saved $55 vs fee $50.
+    # Household 1: annual fee $3,650 = $10 a day. Run 1 (Jan 1, 1 day): saved $15 (harvest 5,
+    # deferral 10) vs fee $10. Run 2 (Jan 5, 4 days): saved $50 (harvest 30, deferral 15,
+    # wait 5) vs fee $40. Period: harvest 5 + 30 (losses add up), deferral max(10, 15) = 15
+    # (the deferred gain is a stock), wait 5: saved $55 vs fee $50.
     # Household 2: only in run 2, no fee, saved $1: exceeds (ratio inf).
     # Household 3: in run 1 only (closed since): not in the figures.
     # Household 4: fee $7,300 a year ($20 a day), saved $60 in run 2 ($80 fee): does not exceed.
-    r1 = _run(dt.date(2021, 1, 1), [1, 3], [5.0, 1000.0], [3650.0, 3650.0])
+    r1 = _run(dt.date(2021, 1, 1), [1, 3], [15.0, 1000.0], [3650.0, 3650.0],
+              split=([5.0, 1000.0], [10.0, 0.0], [0.0, 0.0]))
     r2 = _run(dt.date(2021, 1, 5), [4, 2, 1], [60.0, 1.0, 50.0], [7300.0, 0.0, 3650.0],
               value=[2e6, 0.5e6, 1e6], split=([0.0, 1.0, 30.0], [60.0, 0.0, 15.0], [0.0, 0.0, 5.0]))
     tv = tax_value([r1, r2], since)
@@ -68,7 +70,7 @@ def test_tax_value_against_fees_by_hand():
     assert tv.run["fee"] == pytest.approx([40.0, 0.0, 80.0])
     assert tv.period["taxes_saved"].tolist() == [55.0, 1.0, 60.0]
     assert tv.period["fee"] == pytest.approx([50.0, 0.0, 80.0])
-    assert tv.period["harvest_value"].tolist() == [30.0 + 5.0, 1.0, 0.0]  # run 1's split: all harvest
+    assert tv.period["harvest_value"].tolist() == [30.0 + 5.0, 1.0, 0.0]
     assert tv.period["deferral_value"].tolist() == [15.0, 0.0, 60.0]
     assert tv.period["wait_value"].tolist() == [5.0, 0.0, 0.0]
     assert tv.period["ratio"][0] == pytest.approx(1.1) and math.isinf(tv.period["ratio"][1])
@@ -283,12 +285,19 @@ def test_report_renders_and_matches_its_json(runs, tmp_path):
     h = figures["headline"]
     assert h["households_rebalanced"] == len(ok2)
     assert h["taxes_saved_run"] == pytest.approx(sum(r["taxes_saved"] for r in ok2.values()))
-    assert h["taxes_saved_period"] == pytest.approx(sum(r["taxes_saved"] for r in ok2.values())
-                                                    + sum(ok1[k]["taxes_saved"] for k in ok2 if k in ok1))
+    harvest = sum(r["harvest_value"] for r in ok2.values()) + sum(ok1[k]["harvest_value"] for k in ok2 if k in ok1)
+    stock = sum(max(r[c], ok1[k][c] if k in ok1 else -math.inf) for k, r in ok2.items()
+                for c in ("deferral_value", "wait_value"))
+    assert h["harvest_value_period"] == pytest.approx(harvest)
+    assert h["taxes_saved_period"] == pytest.approx(harvest + stock)
     assert h["fees_period"] == pytest.approx(sum(r["fee"] * days2 / 365 for r in ok2.values())
                                              + sum(ok1[k]["fee"] * days1 / 365 for k in ok2 if k in ok1))
-    exceed = [k for k, r in ok2.items() if r["taxes_saved"] + (ok1[k]["taxes_saved"] if k in ok1 else 0.0)
-              > r["fee"] * days2 / 365 + (ok1[k]["fee"] * days1 / 365 if k in ok1 else 0.0)]
+    def saved(k):
+        r, e = ok2[k], ok1.get(k, {})
+        return (r["harvest_value"] + e.get("harvest_value", 0.0)
+                + sum(max(r[c], e.get(c, -math.inf)) for c in ("deferral_value", "wait_value")))
+    exceed = [k for k, r in ok2.items()
+              if saved(k) > r["fee"] * days2 / 365 + (ok1[k]["fee"] * days1 / 365 if k in ok1 else 0.0)]
     assert h["exceeding_period_households"] == len(exceed)
     assert h["exceeding_period_by_value"] == pytest.approx(sum(ok2[k]["value"] for k in exceed)
                                                            / sum(r["value"] for r in ok2.values()))
