@@ -12,13 +12,14 @@ complete run under the prefix counts.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from rebalancer.errors import RunError
 from rebalancer.outputs import ACCOUNTS_SCHEMA, HOUSEHOLDS_SCHEMA, REJECTED_SCHEMA
 from rebalancer.report import RunOutputs, build_report, render_html, report_json, run_households
-from rebalancer.storage import Location, S3Options, open_uri
+from rebalancer.storage import Location, S3Options, open_uri, parquet_bytes
 from rebalancer.taxvalue import RunHouseholds, period_days
 
 from .layout import MANIFEST_FILE, RUN_FILE, SUMMARY_FILE, RunLayout
@@ -73,13 +74,15 @@ def load_run(loc: Location, run_id: str) -> RunOutputs:
                       rejected=read_table(loc, "rejected", REJECTED_SCHEMA))
 
 
+@dataclass(frozen=True, eq=False)
 class ReportInputs:
     """The reported run, the earlier runs' households, the period start, and the runs read and
     left out (lists of dicts with run_id, date and days or why)."""
-
-    def __init__(self, last: RunOutputs, earlier: list[RunHouseholds], since: dt.date, read: list[dict],
-                 skipped: list[dict]):
-        self.last, self.earlier, self.since, self.read, self.skipped = last, earlier, since, read, skipped
+    last: RunOutputs
+    earlier: list[RunHouseholds]
+    since: dt.date
+    read: list[dict]
+    skipped: list[dict]
 
 
 def load_report_inputs(run_uri: str, since: dt.date | None = None, s3: S3Options | None = None) -> ReportInputs:
@@ -135,13 +138,19 @@ def load_report_inputs(run_uri: str, since: dt.date | None = None, s3: S3Options
 def write_report(run_uri: str, since: dt.date | None = None, html_uri: str | None = None, json_uri: str | None = None,
                  s3: S3Options | None = None) -> tuple[dict, str, str]:
     """Build the report of ``run_uri`` and write its HTML and JSON (default: ``report.html``
-    and ``report.json`` in the run's folder). Returns (figures, html URI, json URI)."""
+    and ``report.json`` in the run's folder) and the per-household tax value against fees
+    (``report-households.parquet``, or ``<json without .json>-households.parquet``).
+    Returns (figures, html URI, json URI)."""
     inp = load_report_inputs(run_uri, since, s3)
     report = build_report(inp.last, inp.earlier, inp.since, inp.read, inp.skipped)
     page = render_html(report).encode()
     figures = report_json(report).encode()
+    per_household = parquet_bytes(report["_households"])
+    hh_uri = (json_uri[:-5] if json_uri and json_uri.endswith(".json") else json_uri) + "-households.parquet" \
+        if json_uri else None
     written = []
-    for uri, name, data in ((html_uri, "report.html", page), (json_uri, "report.json", figures)):
+    for uri, name, data in ((html_uri, "report.html", page), (json_uri, "report.json", figures),
+                            (hh_uri, "report-households.parquet", per_household)):
         if uri is None:
             loc, rel = open_uri(run_uri, s3), name
             uri = loc.uri.rstrip("/") + "/" + name
@@ -150,4 +159,4 @@ def write_report(run_uri: str, since: dt.date | None = None, html_uri: str | Non
             loc = open_uri(parent, s3)
         loc.write_bytes(rel, data)
         written.append(uri)
-    return report, written[0], written[1]
+    return report, written[0], written[1]  # the per-household table is written[2]

@@ -28,7 +28,7 @@ from .dispersion import STAGES, model_dispersion
 from .taxvalue import SPLIT, RunHouseholds, TaxValue, tax_value
 from .totals import TE_EDGES
 
-__all__ = ["RunOutputs", "build_report", "render_html", "report_json", "RATIO_EDGES", "TOP_HOUSEHOLDS",
+__all__ = ["RunOutputs", "build_report", "households_table", "render_html", "report_json", "RATIO_EDGES", "TOP_HOUSEHOLDS",
            "MAX_REJECTED_ROWS"]
 
 # Tax value / fee histogram edges (fixed, so reports compare).
@@ -84,13 +84,12 @@ def _clean(obj):
     return obj
 
 
-def _hist(values: np.ndarray, edges, weights=None) -> list[float]:
+def _hist(values: np.ndarray, edges) -> list[int]:
+    """Counts per bin [edges[i], edges[i+1]); NaN left out, +-inf in the open end bins."""
     v = np.asarray(values, float)
-    keep = ~np.isnan(v)
-    idx = np.searchsorted(np.asarray(edges[1:-1], float), v[keep], side="right")
-    w = None if weights is None else np.asarray(weights, float)[keep]
-    counts = np.bincount(idx, weights=w, minlength=len(edges) - 1)
-    return [float(c) for c in counts] if weights is not None else [int(c) for c in counts]
+    v = v[~np.isnan(v)]
+    idx = np.searchsorted(np.asarray(edges[1:-1], float), v, side="right")
+    return [int(c) for c in np.bincount(idx, minlength=len(edges) - 1)]
 
 
 def build_report(last: RunOutputs, earlier: list[RunHouseholds], since: dt.date,
@@ -177,7 +176,24 @@ def build_report(last: RunOutputs, earlier: list[RunHouseholds], since: dt.date,
         # For the tax-value chart: per household (period) fee and tax value.
         "_points": {"fee": per_fig["fee"].tolist(), "taxes_saved": per_fig["taxes_saved"].tolist()},
     }
-    return _clean(report)
+    report = _clean(report)
+    report["_households"] = households_table(tv)
+    return report
+
+
+HOUSEHOLD_COLUMNS = ("taxes_saved",) + SPLIT + ("fee", "ratio")
+
+
+def households_table(tv: TaxValue) -> pa.Table:
+    """Per household of the reported run: value and, for the run and the period, taxes saved
+    or deferred, its split, the fee for the same days and their ratio (inf: no fee; null: 0/0)."""
+    cols = {"household_id": pa.array(tv.household_id, pa.int64()), "value": pa.array(tv.value, pa.float64())}
+    for name, f in (("run", tv.run), ("period", tv.period)):
+        for k in HOUSEHOLD_COLUMNS:
+            v = np.asarray(f[k], float)
+            cols[f"{k}_{name}"] = pa.array(v, pa.float64(), mask=np.isnan(v))
+        cols[f"exceeds_{name}"] = pa.array(f["taxes_saved"] > f["fee"], pa.bool_())
+    return pa.table(cols)
 
 
 def report_json(report: dict) -> str:

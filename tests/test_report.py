@@ -320,4 +320,13 @@ def test_report_defaults_write_into_the_run(runs):
     run = f"{out}/c-second"
     report, html_uri, json_uri = write_report(run)
     assert html_uri.endswith("c-second/report.html") and os.path.exists(f"{run}/report.html")
+    # Per household, run and period: the table adds up to the headline.
+    per = pq.read_table(f"{run}/report-households.parquet")
+    h = report["headline"]
+    assert per.num_rows == h["households_rebalanced"]
+    for k in ("taxes_saved", "harvest_value", "deferral_value", "wait_value"):
+        for p in ("run", "period"):
+            assert sum(per[f"{k}_{p}"].to_pylist()) == pytest.approx(h[f"{k}_{p}"])
+    assert sum(per["fee_period"].to_pylist()) == pytest.approx(h["fees_period"])
+    assert sum(per["exceeds_period"].to_pylist()) == h["exceeding_period_households"]
     assert json.load(open(f"{run}/report.json"))["headline"] == json.loads(json.dumps(report["headline"]))
