@@ -12,8 +12,6 @@ process (a test, a notebook) the driver uses it as is.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import os
 import sys
@@ -25,7 +23,7 @@ from typing import TextIO
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from rebalancer.book import Book
+from rebalancer.book import Book, book_fingerprint
 from rebalancer.settings import OptimizerSettings
 from rebalancer.storage import S3Options, open_uri
 
@@ -73,10 +71,6 @@ class RunOutcome:
     complete: bool
     summary: dict
     text: str  # the one-screen summary
-
-
-def book_fingerprint(book: Book) -> str:
-    return hashlib.sha256(json.dumps(book.info.to_json(), sort_keys=True).encode()).hexdigest()[:32]
 
 
 class _Bar:

@@ -12,6 +12,8 @@ reading the household tables.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -20,7 +22,7 @@ from .errors import BookLayoutError
 from .schema import HOUSEHOLD_TABLES, REFERENCE_TABLES, TABLES, TableSpec, conform
 from .storage import Location, S3Options, open_uri
 
-__all__ = ["BOOK_FORMAT", "BOOK_VERSION", "BucketStats", "BookInfo", "Book", "BookWriter", "table_path"]
+__all__ = ["BOOK_FORMAT", "BOOK_VERSION", "BucketStats", "BookInfo", "Book", "BookWriter", "table_path", "book_fingerprint"]
 
 BOOK_FORMAT = "rebalancer-book"
 BOOK_VERSION = 1
@@ -143,3 +145,9 @@ class BookWriter:
 
     def finish(self, info: BookInfo) -> None:
         self.loc.write_json(INFO_FILE, info.to_json())
+
+
+def book_fingerprint(book: Book) -> str:
+    """A short hash of the book's ``book.json`` (counts, buckets, as-of, source): what a run
+    records to tell the book it ran on, and a scenario to tell the book it repriced."""
+    return hashlib.sha256(json.dumps(book.info.to_json(), sort_keys=True).encode()).hexdigest()[:32]

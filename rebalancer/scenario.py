@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
-import json
 import math
 import multiprocessing as mp
 import re
@@ -62,7 +60,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .book import Book, BookInfo, BookWriter, BucketStats, table_path
+from .book import Book, BookInfo, BookWriter, BucketStats, book_fingerprint, table_path
 from .errors import RebalancerError
 from .household import TAXABLE, Household, split_households
 from .market import Market
@@ -348,11 +346,6 @@ def shock_path(market: Market, shock: FactorShock | WindowShock, benchmark: str 
 
 
 # --- repricing a book ------------------------------------------------------------------------
-
-def book_fingerprint(book: Book) -> str:
-    """The same fingerprint a run records for its book (:func:`cluster.driver.book_fingerprint`)."""
-    return hashlib.sha256(json.dumps(book.info.to_json(), sort_keys=True).encode()).hexdigest()[:32]
-
 
 @dataclass(frozen=True)
 class RepriceReport:
