@@ -35,7 +35,7 @@ from .shard import ShardJob, settings_to_json
 from .summary import build_manifest, build_summary, format_summary
 from .tasks import Progress, shard_task
 
-__all__ = ["RunRequest", "RunOutcome", "run_book", "book_fingerprint"]
+__all__ = ["RunRequest", "RunOutcome", "run_book", "book_fingerprint", "connect_ray"]
 
 
 @dataclass(frozen=True)
@@ -106,16 +106,17 @@ class _Bar:
             print(line, file=self.stream, flush=True)
 
 
-def _connect(req: RunRequest) -> bool:
-    """Initialize Ray if needed; True if this call started it (and must shut it down)."""
+def connect_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Initialize Ray if needed: join ``address`` (else ``RAY_ADDRESS``), or start a local Ray
+    with ``num_cpus`` CPUs (None: all). True if this call started it (and must shut it down)."""
     if ray.is_initialized():
         return False
-    address = req.address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
         # A private Ray for this run: its start-up notices are not the desk's business.
-        ray.init(address="local", num_cpus=req.num_cpus, include_dashboard=False, logging_level=logging.ERROR)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR)
     return True
 
 
@@ -149,7 +150,7 @@ def run_book(req: RunRequest, stream: TextIO | None = sys.stderr) -> RunOutcome:
               + (f"; resuming, {len(records)} complete" if resumed else "") + f" -> {layout.uri}", file=stream)
 
     t = time.perf_counter()
-    started_ray = _connect(req) if todo else False
+    started_ray = connect_ray(req.address, req.num_cpus) if todo else False
     t_init = time.perf_counter() - t
     failed: dict[int, str] = {}
     ran_now: set[int] = set()

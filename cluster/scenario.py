@@ -14,8 +14,6 @@ their shards.
 """
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,7 +30,7 @@ from rebalancer.solvers import DEFAULT_SOLVER, SOLVERS
 from rebalancer.storage import S3Options, open_uri
 from rebalancer.validate import validate_book
 
-from .driver import RunRequest, run_book
+from .driver import RunRequest, connect_ray, run_book
 from .layout import new_run_id, validate_run_id
 from .plan import DEFAULT_SHARD_WORK
 from .summary import _pct, _usd
@@ -80,18 +78,6 @@ class CrisisOutcome:
     complete: bool
     report: dict  # what scenario.json holds
     text: str  # the one-screen summary
-
-
-def _connect(req: CrisisRequest) -> bool:
-    """Initialize Ray once for the scenario's runs (as the driver would); True if started here."""
-    if ray.is_initialized():
-        return False
-    address = req.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(address="local", num_cpus=req.num_cpus, include_dashboard=False, logging_level=logging.ERROR)
-    return True
 
 
 def run_figures(summary: dict, book_value: float) -> dict:
@@ -191,7 +177,7 @@ def run_crisis(req: CrisisRequest, stream: TextIO | None = sys.stderr) -> Crisis
     t_validate = time.perf_counter() - t
 
     runs: dict[str, dict] = {}
-    started = _connect(req)
+    started = connect_ray(req.address, req.num_cpus)  # once for the scenario's runs
     try:
         common = dict(out=scen.uri, address=req.address, solver=req.solver, settings=req.settings,
                       shard_work=req.shard_work, max_in_flight=req.max_in_flight, num_cpus=req.num_cpus, s3=req.s3)

@@ -306,6 +306,15 @@ def _legend(names: Sequence[str], x0: float, y0: float, x_max: float) -> tuple[l
     return parts, y
 
 
+def _axis_labels(parts: list, left: float, right: float, top: float, bottom: float, xlabel: str,
+                 ylabel: str) -> None:
+    """The y label turned along the left edge and the x label under the plot area."""
+    parts.append(_text(14, (top + bottom) / 2, _fit(_clean(ylabel), bottom - top), anchor="middle",
+                       fill=INK, rotate=True, cls="ylabel"))
+    parts.append(_text((left + right) / 2, bottom + 34, _fit(_clean(xlabel), right - left),
+                       anchor="middle", fill=INK, cls="xlabel"))
+
+
 def _no_data(parts: list[str], left: float, top: float, right: float, bottom: float) -> None:
     parts.append(_line(left, bottom, right, bottom, cls="axis"))
     parts.append(_text((left + right) / 2, (top + bottom) / 2, "no data", size=13,
@@ -427,10 +436,7 @@ def histogram(edges: Sequence[float] | np.ndarray, series: Mapping[str, Sequence
         leg_y = 28.0
     top = leg_y + 14
     bottom = max(height - 56.0, top + 20)
-    parts.append(_text(14, (top + bottom) / 2, _fit(_clean(ylabel), bottom - top), anchor="middle",
-                       fill=INK, rotate=True, cls="ylabel"))
-    parts.append(_text((left + right) / 2, bottom + 34, _fit(_clean(xlabel), right - left),
-                       anchor="middle", fill=INK, cls="xlabel"))
+    _axis_labels(parts, left, right, top, bottom, xlabel, ylabel)
     if not has_data:
         _no_data(parts, left, top, right, bottom)
         return _close(parts, width, height, notes)
@@ -723,10 +729,7 @@ def scatter(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *,
     right = width - 16.0
     top = 36.0
     bottom = max(height - 56.0, top + 20)
-    parts.append(_text(14, (top + bottom) / 2, _fit(_clean(ylabel), bottom - top), anchor="middle",
-                       fill=INK, rotate=True, cls="ylabel"))
-    parts.append(_text((left + right) / 2, bottom + 34, _fit(_clean(xlabel), right - left),
-                       anchor="middle", fill=INK, cls="xlabel"))
+    _axis_labels(parts, left, right, top, bottom, xlabel, ylabel)
     if not m:
         _no_data(parts, left, top, right, bottom)
         return _close(parts, width, height, notes)
