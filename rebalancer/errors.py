@@ -34,6 +34,12 @@ class StorageError(RebalancerError):
     """An object-storage URI could not be resolved or accessed."""
 
 
+class StorageUnavailableError(StorageError):
+    """Object storage kept failing with transient errors (unreachable, 5xx, throttling) until
+    the retry budget ran out. The operation may succeed later: a task that raises it is retried,
+    and a run whose shards failed with it finishes when re-run with the same run id."""
+
+
 class OptimizationError(RebalancerError):
     """A household problem could not be solved (infeasible, numerical failure)."""
 

@@ -10,7 +10,12 @@ exercise the real clients (Arrow's native S3 client and s3fs/botocore), not mock
     server.start()            # again on the *same* port; moto's state (buckets) is lost
     server.close()            # stop for good and remove the log directory
 
-or as a context manager (``with MotoS3Server() as server: ...``). The server's output goes to
+or as a context manager (``with MotoS3Server() as server: ...``).
+
+``DurableS3Server`` is the same server, except that ``stop()`` closes only its listening socket
+(clients get "connection refused", as when a real S3 endpoint goes away) and ``start()`` opens
+it again on the same port with every bucket and object still there, as a real, durable object
+store comes back: the process holding moto's state lives on between the two. The server's output goes to
 ``server.log_path`` (a file, never a pipe that could fill up and block it); a server that does
 not come up raises ``RuntimeError`` quoting the end of that log.
 """
@@ -27,7 +32,7 @@ import time
 import urllib.error
 import urllib.request
 
-__all__ = ["MotoS3Server", "free_port"]
+__all__ = ["MotoS3Server", "DurableS3Server", "free_port"]
 
 _LIVE: "set[MotoS3Server]" = set()  # servers to kill at interpreter exit, whatever happened
 
@@ -163,7 +168,92 @@ class MotoS3Server:
         return f"MotoS3Server({self.host}:{self.port}, {state}, log={self.log_path})"
 
 
+class DurableS3Server(MotoS3Server):
+    """A moto S3 server whose data outlives ``stop()``: one subprocess runs moto's threaded
+    server and opens or closes its listening socket on "start" / "stop" lines on its stdin."""
+
+    def start(self) -> "DurableS3Server":
+        if self._proc is None or self._proc.poll() is not None:
+            if self.port is None:
+                self.port = free_port(self.host)
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
+            env["PYTHONUNBUFFERED"] = "1"
+            self._log = open(self.log_path, "ab")
+            self._proc = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--durable", self.host, str(self.port)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+            _LIVE.add(self)
+            self._expect("listening")
+        elif not self.listening:
+            self._command("start", "listening")
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    @property
+    def listening(self) -> bool:
+        return self.running and getattr(self, "_listening", False)
+
+    def stop(self) -> None:
+        """Close the listening socket (the data stays); ``start()`` opens it again."""
+        if self.running and self.listening:
+            self._command("stop", "closed")
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        _LIVE.discard(self)
+        shutil.rmtree(self._logdir, ignore_errors=True)
+
+    def _command(self, cmd: str, answer: str) -> None:
+        self._proc.stdin.write((cmd + "\n").encode())
+        self._proc.stdin.flush()
+        self._expect(answer)
+
+    def _expect(self, answer: str) -> None:
+        line = self._proc.stdout.readline().decode().strip()
+        if line != answer:
+            raise RuntimeError(f"durable S3 server said {line!r}, expected {answer!r}; log:\n{self.log_tail()}")
+        self._listening = answer == "listening"
+
+
+def _serve_durable(host: str, port: int) -> None:
+    """The subprocess of :class:`DurableS3Server`: moto's threaded server, its listening socket
+    opened and closed on command; moto's state is this process's memory."""
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+    import itertools
+
+    server = None
+    for cmd in itertools.chain(["start"], sys.stdin):
+        cmd = cmd.strip()
+        if cmd == "start" and server is None:
+            server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+            server.start()
+            print("listening", flush=True)
+        elif cmd == "stop" and server is not None:
+            server.stop()
+            server._server.server_close()  # stop() leaves the socket listening: close it
+            server = None
+            print("closed", flush=True)
+        else:
+            print(f"ignored {cmd!r}", flush=True)
+
+
 @atexit.register
 def _kill_leftovers() -> None:
     for server in list(_LIVE):
         server.stop()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--durable"]:
+    _serve_durable(sys.argv[2], int(sys.argv[3]))

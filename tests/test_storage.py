@@ -9,14 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import os
 import pickle
+import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from rebalancer.errors import RebalancerError, StorageError
-from rebalancer.storage import Location, S3Options, open_uri
+from rebalancer.errors import RebalancerError, StorageError, StorageUnavailableError
+from rebalancer.storage import Location, RetryPolicy, S3Options, is_transient, open_uri, retry_count
 
 try:
     from s3server import MotoS3Server
@@ -120,7 +121,9 @@ def test_open_uri_s3(offline_aws_env, backend, uri, path):
     assert loc.child("x", "y").path == f"{path}/x/y"
 
 
-@pytest.mark.parametrize("uri", ["", "gs://bkt/x", "http://host/x", "hdfs://nn/x", "s3:///prefix", "s3://"])
+@pytest.mark.parametrize("uri", ["", "gs://bkt/x", "http://host/x", "hdfs://nn/x", "s3:///prefix", "s3://",
+                                 "s3://bkt/runs/../books", "s3://bkt/runs/./x", "s3://bkt/a//b", "s3://bkt/x?versionId=1",
+                                 "s3://bkt/x#frag"])
 def test_open_uri_rejects(offline_aws_env, uri):
     with pytest.raises(StorageError) as ei:
         open_uri(uri)
@@ -436,18 +439,162 @@ def test_file_uri_is_percent_decoded(tmp_path):
     assert open_uri(f"file://{tmp_path}/a%20b").path == f"{tmp_path}/a b"
 
 
-def test_unreachable_server_surfaces_as_oserror_on_both_backends(s3_loc, s3_server, monkeypatch):
-    """Callers (Book.read, the validator, later the job) handle OSError: s3fs's botocore
-    exceptions must not escape past the storage boundary."""
+def test_unreachable_server_is_retried_then_reported_on_both_backends(s3_loc, s3_server, monkeypatch):
+    """A server that stays away: each operation is retried for the retry budget, then
+    StorageUnavailableError names the operation and the file (never botocore's exceptions,
+    never a key). A missing file is permanent: raised at once, not retried."""
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore: fail fast instead of ~10 s of retries
+    monkeypatch.setenv("REBALANCER_STORAGE_RETRY_SECONDS", "3")
     s3_loc.write_bytes("x.bin", b"1")
     fresh = open_uri(s3_loc.uri)
+    assert fresh.retry.seconds == 3.0
+    before = retry_count()
+    t0 = time.monotonic()
+    with pytest.raises(FileNotFoundError):
+        fresh.read_bytes("missing.bin")
+    assert retry_count() == before and time.monotonic() - t0 < 5
     s3_server.stop()
     try:
-        # Metadata calls (exists, listdir, deletes) are where s3fs lets botocore's
-        # EndpointConnectionError through; one suffices, s3fs retries each for ~8 s.
-        with pytest.raises(OSError) as ei:
-            fresh.exists("x.bin")
-        assert not type(ei.value).__module__.startswith("botocore")
+        for op, call in (("exists", lambda: fresh.exists("x.bin")), ("write", lambda: fresh.write_bytes("y.bin", b"2"))):
+            t0 = time.monotonic()
+            with pytest.raises(StorageUnavailableError) as ei:
+                call()
+            took = time.monotonic() - t0
+            msg = str(ei.value)
+            assert msg.startswith(f"{op} {s3_loc.uri}/"), msg
+            assert "storage unavailable after" in msg and os.environ["AWS_SECRET_ACCESS_KEY"] not in msg
+            assert not type(ei.value).__module__.startswith("botocore")
+            assert took < 3 + 30, took  # the budget, plus one attempt's own SDK retries
+        if isinstance(fresh.fs, pafs.S3FileSystem):  # Arrow fails an attempt in ~1 s: several fit in 3 s
+            assert retry_count() > before       # (s3fs's own retries can take the whole budget)
     finally:
         s3_server.start()
+
+
+def test_endpoint_with_credentials_is_refused_without_echoing_them():
+    with pytest.raises(ValueError) as ei:
+        S3Options(endpoint_url="http://AKIAEXAMPLE:s3cr3tValue@127.0.0.1:9000")
+    assert "s3cr3tValue" not in str(ei.value) and "AKIAEXAMPLE" not in str(ei.value)
+
+
+@pytest.mark.parametrize("bad", [-1, 86_401, "60", float("nan")])
+def test_retry_seconds_must_be_a_sane_number(bad):
+    with pytest.raises(ValueError, match="retry_seconds"):
+        S3Options(retry_seconds=bad)
+
+
+def test_retry_seconds_from_env_and_flag():
+    assert S3Options.from_env({}).retry_seconds == 120.0
+    assert S3Options.from_env({"REBALANCER_STORAGE_RETRY_SECONDS": "7.5"}).retry_seconds == 7.5
+    assert S3Options.from_env({"REBALANCER_STORAGE_RETRY_SECONDS": "7.5"}, retry_seconds=3.0).retry_seconds == 3.0
+    with pytest.raises(ValueError, match="REBALANCER_STORAGE_RETRY_SECONDS"):
+        S3Options.from_env({"REBALANCER_STORAGE_RETRY_SECONDS": "soon"})
+
+
+def test_local_locations_do_not_retry(tmp_path):
+    assert open_uri(str(tmp_path)).retry.seconds == 0.0
+
+
+_ARROW = "When getting information for key 'p/x' in bucket 'b': AWS Error {code} during HeadObject operation: {rest}"
+
+
+@pytest.mark.parametrize("exc, transient", [
+    (OSError(_ARROW.format(code="NETWORK_CONNECTION", rest="curlCode: 7, Could not connect to server")), True),
+    (OSError(_ARROW.format(code="SLOW_DOWN", rest="Please reduce your request rate")), True),
+    (OSError(_ARROW.format(code="SERVICE_UNAVAILABLE", rest="")), True),
+    (OSError(_ARROW.format(code="INTERNAL_FAILURE", rest="")), True),
+    (OSError(_ARROW.format(code="UNKNOWN", rest="(HTTP status 503) Service Unavailable")), True),
+    (OSError(_ARROW.format(code="ACCESS_DENIED", rest="(HTTP status 403) Access Denied")), False),
+    (OSError(_ARROW.format(code="INVALID_ACCESS_KEY_ID", rest="")), False),
+    (OSError(_ARROW.format(code="UNKNOWN", rest="(HTTP status 400) Bad Request")), False),
+    (FileNotFoundError(2, "Path does not exist 'b/p/x'"), False),
+    (PermissionError(13, "Permission denied"), False),
+    (OSError(28, "No space left on device"), False),
+    (ConnectionResetError(104, "Connection reset by peer"), True),
+    (TimeoutError("timed out"), True),
+    (pa.ArrowInvalid("Parquet magic bytes not found"), False),
+    (ValueError("bad"), False),
+    (StorageError("s3 uri has no bucket"), False),
+])
+def test_transient_errors_are_told_from_permanent_ones(exc, transient):
+    assert is_transient(exc) is transient
+
+
+def test_botocore_errors_are_classified():
+    from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+    def client_error(code, status):
+        return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    assert is_transient(EndpointConnectionError(endpoint_url="http://127.0.0.1:1/b"))
+    assert is_transient(ReadTimeoutError(endpoint_url="http://127.0.0.1:1/b"))
+    wrapped = OSError("S3 error: could not connect")
+    wrapped.__cause__ = EndpointConnectionError(endpoint_url="http://127.0.0.1:1/b")
+    assert is_transient(wrapped)
+    assert is_transient(client_error("SlowDown", 503)) and is_transient(client_error("InternalError", 500))
+    assert is_transient(client_error("Whatever", 502))
+    assert not is_transient(client_error("AccessDenied", 403)) and not is_transient(client_error("NoSuchBucket", 404))
+
+
+class _Flaky:
+    """A filesystem call that fails ``n`` times with ``exc``, then works."""
+
+    def __init__(self, n, exc):
+        self.n, self.exc, self.calls = n, exc, 0
+
+    def __call__(self, *a, **kw):
+        self.calls += 1
+        if self.calls <= self.n:
+            raise self.exc
+        return self.real(*a, **kw)
+
+
+def _flaky_location(tmp_path, n, exc, seconds):
+    """A real local location whose filesystem's open_input_stream fails ``n`` times first."""
+    loc = open_uri(str(tmp_path))
+    loc.write_bytes("f.bin", b"payload")
+    fs = pafs.PyFileSystem(pafs.FSSpecHandler(__import__("fsspec").filesystem("file")))
+    flaky = _Flaky(n, exc)
+    flaky.real = fs.open_input_stream
+
+    class FS:  # pyarrow filesystems cannot be patched; delegate instead
+        def __getattr__(self, name):
+            return flaky if name == "open_input_stream" else getattr(fs, name)
+
+    return Location(loc.uri, FS(), loc.path, RetryPolicy(seconds=seconds, base=0.01, cap=0.05)), flaky
+
+
+def test_transient_failures_are_retried_until_they_pass(tmp_path):
+    loc, flaky = _flaky_location(tmp_path, 3, ConnectionResetError(104, "Connection reset by peer"), seconds=5)
+    before = retry_count()
+    assert loc.read_bytes("f.bin") == b"payload"
+    assert flaky.calls == 4 and retry_count() - before == 3
+
+
+def test_permanent_failures_are_not_retried(tmp_path):
+    loc, flaky = _flaky_location(tmp_path, 3, PermissionError(13, "Permission denied"), seconds=5)
+    with pytest.raises(PermissionError):
+        loc.read_bytes("f.bin")
+    assert flaky.calls == 1
+
+
+def test_retries_stop_at_the_budget_and_name_the_file(tmp_path):
+    loc, flaky = _flaky_location(tmp_path, 10**6, ConnectionResetError(104, "Connection reset by peer"), seconds=0.3)
+    t0 = time.monotonic()
+    with pytest.raises(StorageUnavailableError) as ei:
+        loc.read_bytes("f.bin")
+    assert time.monotonic() - t0 < 1.0 and flaky.calls >= 3
+    assert str(ei.value).startswith(f"read {loc.uri}/f.bin: storage unavailable after {flaky.calls} attempt(s)")
+    assert "ConnectionResetError" in str(ei.value)
+
+
+def test_backoff_grows_and_is_capped():
+    import random
+
+    p = RetryPolicy(seconds=100, base=0.5, cap=4.0)
+    rng = random.Random(0)
+    for k in range(8):
+        bound = min(4.0, 0.5 * 2 ** k)
+        draws = [p.delay(k, rng) for _ in range(200)]
+        assert 0 <= min(draws) and max(draws) <= bound
+        assert max(draws) > 0.8 * bound  # full jitter reaches the bound
