@@ -36,10 +36,14 @@ def _s3_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--s3-endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
     g.add_argument("--s3-region", help="region (else AWS_REGION / AWS_DEFAULT_REGION, then us-east-1)")
     g.add_argument("--s3-backend", choices=["arrow", "s3fs"], help="S3 client (else REBALANCER_S3_BACKEND, then arrow)")
+    g.add_argument("--storage-retry-seconds", type=float, default=None,
+                   help="how long an S3 operation that fails transiently (unreachable, 5xx, throttled) is retried "
+                        "with backoff before it is reported (else REBALANCER_STORAGE_RETRY_SECONDS, then 120)")
 
 
 def _s3(args) -> S3Options:
-    return S3Options.from_env(endpoint_url=args.s3_endpoint_url, region=args.s3_region, backend=args.s3_backend)
+    return S3Options.from_env(endpoint_url=args.s3_endpoint_url, region=args.s3_region, backend=args.s3_backend,
+                              retry_seconds=args.storage_retry_seconds)
 
 
 def _peak_rss_mb() -> tuple[float, float]:
@@ -180,7 +184,7 @@ def add_run_args(r: argparse.ArgumentParser) -> None:
                         "does not converge) or reference (cvxpy + Clarabel)")
     r.add_argument("--shard-work", type=float, default=DEFAULT_SHARD_WORK,
                    help="work per shard, in lots + positions + 40 per household")
-    r.add_argument("--max-in-flight", type=int, default=None, help="tasks in flight (default: twice the cluster's CPUs)")
+    r.add_argument("--max-in-flight", type=int, default=None, help="tasks in flight (default: twice the cluster's CPUs, at least 64)")
     r.add_argument("--json", action="store_true", help="print summary.json instead of the one-screen summary")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     _s3_args(r)
@@ -217,7 +221,7 @@ def add_capacity_args(c: argparse.ArgumentParser) -> None:
     c.add_argument("--solver", default=None, help="the job's household solver (default: fast when the job has it, else reference)")
     c.add_argument("--shard-work", type=float, default=DEFAULT_SHARD_WORK,
                    help="work per shard, in lots + positions + 40 per household")
-    c.add_argument("--max-in-flight", type=int, default=None, help="tasks in flight (default: twice the cluster's CPUs)")
+    c.add_argument("--max-in-flight", type=int, default=None, help="tasks in flight (default: twice the cluster's CPUs, at least 64)")
     c.add_argument("--sample", type=int, default=20, help="households per kind solved both ways (0: none)")
     c.add_argument("--sample-mix", type=int, default=100, help="households of the standard mix solved both ways (0: none)")
     c.add_argument("--sample-buckets", type=int, default=2, help="buckets the sample is drawn from")
@@ -326,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from jobs.scenario import add_parser as add_scenario_parser  # not at the top: jobs.scenario imports jobs.cli
     add_scenario_parser(sub)
+    from jobs.size import add_parser as add_size_parser
+    add_size_parser(sub)
     return p
 
 
