@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 import ray
-from ray.exceptions import RayError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rebalancer.book import Book, book_fingerprint
+from rebalancer.errors import StorageError
 from rebalancer.settings import OptimizerSettings
 from rebalancer.storage import S3Options, open_uri
 
@@ -38,11 +40,17 @@ from .tasks import Progress, shard_task
 __all__ = ["RunRequest", "RunOutcome", "run_book", "book_fingerprint", "connect_ray"]
 
 
+# Tasks in flight at least, whatever the cluster's CPUs now: an autoscaling cluster that starts
+# with no workers scales to the demand it sees, so a bound of twice the CPUs of an empty cluster
+# would grow it one node at a time. Queued tasks cost Ray little (a ShardJob is a few hundred bytes).
+MIN_IN_FLIGHT = 64
+
+
 @dataclass(frozen=True)
 class RunRequest:
     """A full-book run. ``run_id`` None: a new id (``<date>-<time>-<hex>``); an existing id
     resumes that run. ``max_in_flight`` None: twice the cluster's CPUs (re-read as the
-    cluster scales). ``num_cpus``: CPUs of a local Ray started for the run (None: all)."""
+    cluster scales), at least ``MIN_IN_FLIGHT``. ``num_cpus``: CPUs of a local Ray started for the run (None: all)."""
     book: str
     out: str
     run_id: str | None = None
@@ -98,7 +106,7 @@ class _Bar:
         width = 24
         fill = int(width * min(done / self.total, 1.0))
         line = (f"[{'#' * fill}{'.' * (width - fill)}] {done:,}/{self.total:,} households "
-                f"{rate:,.1f}/s ETA {eta} | shards {shards_done}/{shards_total} done, {running} running"
+                f"{rate:,.1f}/s ETA {eta} | shards {shards_done}/{shards_total} done, {running} in flight"
                 + (f", {failed} FAILED" if failed else ""))
         if self.tty:
             print("\r" + line + ("\n" if final else ""), end="", file=self.stream, flush=True)
@@ -143,6 +151,8 @@ def run_book(req: RunRequest, stream: TextIO | None = sys.stderr) -> RunOutcome:
     plan, resumed = layout.start(run, plan_shards(book.info, req.shard_work))
     layout.clear_manifest()  # the run is complete again only when this attempt says so
     records = layout.complete_records(plan) if resumed else {}
+    if resumed:
+        layout.sweep_temporaries()
     todo = deque(s for s in plan.shards if s.shard_id not in records)
     t_plan = time.perf_counter() - t0
     if stream is not None:
@@ -154,23 +164,27 @@ def run_book(req: RunRequest, stream: TextIO | None = sys.stderr) -> RunOutcome:
     t_init = time.perf_counter() - t
     failed: dict[int, str] = {}
     ran_now: set[int] = set()
+    attempts: dict[int, int] = {}
     t_fan = time.perf_counter()
     cpus = 0.0
     try:
         if todo:
             cpus = _cluster_cpus()
-            progress = Progress.remote()
+            # The progress actor lives on the driver's node: losing a worker node must not take
+            # it (and the bar) along; if it is lost anyway, Ray restarts it and the bar goes on.
+            progress = Progress.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=True)).remote()
             done_before = int(sum(r["counts"]["households_in"] for r in records.values()))
             bar = _Bar(plan.households, stream)
             bar.start_done = done_before
             pending: dict = {}
             last_cpu_check = time.perf_counter()
-            limit = req.max_in_flight or max(2, int(2 * cpus))
+            limit = req.max_in_flight or max(MIN_IN_FLIGHT, int(2 * cpus))
             while todo or pending:
                 if req.max_in_flight is None and time.perf_counter() - last_cpu_check > 5.0:
                     now_cpus = _cluster_cpus()
                     cpus = max(cpus, now_cpus)
-                    limit = max(2, int(2 * now_cpus))
+                    limit = max(MIN_IN_FLIGHT, int(2 * now_cpus))
                     last_cpu_check = time.perf_counter()
                 while todo and len(pending) < limit:
                     s = todo.popleft()
@@ -190,10 +204,11 @@ def run_book(req: RunRequest, stream: TextIO | None = sys.stderr) -> RunOutcome:
                     else:
                         records[s.shard_id] = rec
                         ran_now.add(s.shard_id)
-                done = done_before + ray.get(progress.total.remote())
+                done = done_before + _poll(progress.total.remote(), 0)
                 bar.update(done, len(records), len(plan.shards), len(pending), len(failed))
             done = done_before + sum(records[k]["counts"]["households_in"] for k in ran_now)
             bar.update(done, len(records), len(plan.shards), 0, len(failed), final=True)
+            attempts = _poll(progress.attempts.remote(), {}, timeout=10.0)
             ray.kill(progress)
     finally:
         t_fan = time.perf_counter() - t_fan
@@ -202,12 +217,29 @@ def run_book(req: RunRequest, stream: TextIO | None = sys.stderr) -> RunOutcome:
 
     t = time.perf_counter()
     timings = {"plan": t_plan, "ray_init": t_init, "fan_out": t_fan if ran_now or failed else 0.0}
-    summary = build_summary(run, plan, book.info, records, ran_now, failed, timings, cpus)
+    summary = build_summary(run, plan, book.info, records, ran_now, failed, timings, cpus, attempts)
     summary["out"] = layout.uri
     summary["timings"]["summary"] = time.perf_counter() - t
     summary["timings"]["wall"] = time.perf_counter() - t0
-    layout.write_summary(summary)
-    if summary["complete"]:  # last: the manifest makes the run complete
-        layout.write_manifest(build_manifest(run, plan, book.info, records))
-    return RunOutcome(run_id=run_id, uri=layout.uri, complete=summary["complete"], summary=summary,
-                      text=format_summary(summary, layout.uri))
+    text = format_summary(summary, layout.uri)
+    try:
+        layout.write_summary(summary)
+        if summary["complete"]:
+            layout.sweep_temporaries()  # left by tasks killed mid-write (a lost node, a killed driver)
+            layout.write_manifest(build_manifest(run, plan, book.info, records))  # last: makes the run complete
+    except StorageError as e:
+        if stream is not None:
+            print(text, file=stream)
+        raise StorageError(f"run {run_id}: the shards above are written, but the run's "
+                           f"{'summary and manifest' if summary['complete'] else 'summary'} could not be: {e}; "
+                           "re-run with the same --run-id to finish it") from e
+    return RunOutcome(run_id=run_id, uri=layout.uri, complete=summary["complete"], summary=summary, text=text)
+
+
+def _poll(ref, default, timeout: float = 2.0):
+    """The progress actor's answer, or ``default`` if it is restarting or gone: the bar must
+    never stall the run."""
+    try:
+        return ray.get(ref, timeout=timeout)
+    except (GetTimeoutError, RayError):
+        return default

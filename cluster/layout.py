@@ -32,6 +32,7 @@ __all__ = ["OUTPUT_TABLES", "RUN_ID_PATTERN", "validate_run_id", "new_run_id", "
 
 OUTPUT_TABLES = ("trades", "households", "accounts", "rejected")
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_TMP = re.compile(r"\.tmp-[0-9a-f]{32}$")  # Location's temporaries: <name>.tmp-<uuid4 hex>
 RUN_FILE, SUMMARY_FILE, MANIFEST_FILE, SHARDS_DIR = "run.json", "summary.json", "manifest.json", "_shards"
 
 
@@ -104,6 +105,19 @@ class RunLayout:
             if ok:
                 out[s.shard_id] = rec
         return out
+
+    def sweep_temporaries(self) -> int:
+        """Delete the temporaries (``*.tmp-<hex>``) that writers killed mid-write left in the
+        run's folder (local files only: an S3 object appears whole or not at all). Returns how
+        many. Only one driver runs a run id at a time, so no live writer owns them."""
+        if not self.loc.is_local:
+            return 0
+        n = 0
+        for rel in self.loc.files():
+            if _TMP.search(rel):
+                self.loc.delete(rel)
+                n += 1
+        return n
 
     def write_summary(self, summary: dict) -> None:
         self.loc.write_json(SUMMARY_FILE, summary)

@@ -11,6 +11,8 @@ Failures:
   that household with stage ``error`` and the exception named, and the shard goes on;
 - an input file that cannot be read or does not fit the data contract raises
   :class:`ShardInputError` naming the file: the shard writes nothing;
+- storage that stays unreachable after the retries of :mod:`rebalancer.storage` raises
+  :class:`~rebalancer.errors.StorageUnavailableError` (transient: the task is retried);
 - accounts in != accounts out raises ``AssertionError``: a bug, never written as complete.
 """
 from __future__ import annotations
@@ -27,7 +29,8 @@ import numpy as np
 import pyarrow as pa
 
 from rebalancer.book import Book, table_path
-from rebalancer.errors import BookDataError, BookLayoutError, OptimizationError, StorageError
+from rebalancer.errors import (BookDataError, BookLayoutError, OptimizationError, StorageError,
+                               StorageUnavailableError)
 from rebalancer.household import Household, Rejection, select_households, split_households
 from rebalancer.market import Market
 from rebalancer.optimize import HouseholdResult, rebalance_households
@@ -35,7 +38,7 @@ from rebalancer.outputs import accounts_table, households_table, rejected_table,
 from rebalancer.schema import HOUSEHOLD_TABLES, REFERENCE_TABLES, TABLES, conform
 from rebalancer.settings import OptimizerSettings
 from rebalancer.solvers import DEFAULT_SOLVER, SOLVERS
-from rebalancer.storage import S3Options, open_uri, parquet_bytes
+from rebalancer.storage import S3Options, open_uri, parquet_bytes, retry_count
 from rebalancer.totals import shard_totals
 
 from .layout import RunLayout
@@ -128,6 +131,7 @@ def _accounts_in(tables: dict[str, pa.Table]) -> set[int]:
 def run_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> dict:
     """Rebalance one shard and write its outputs; returns its completion record."""
     t_start = time.perf_counter()
+    retries_before = retry_count()
     timings = dict.fromkeys(("read", "split", "build", "solve", "postprocess", "write"), 0.0)
     shard = job.shard
     try:
@@ -139,6 +143,8 @@ def run_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> d
     try:
         book = Book.open(job.book_uri, job.s3)
         market = _market(book, job.book_fingerprint)
+    except StorageUnavailableError:
+        raise  # transient: the task is retried, not failed
     except (BookLayoutError, StorageError, OSError) as e:
         raise ShardInputError(shard, "reference tables", str(e)) from None
     parts = [_read_piece(book, shard, p, job.n_buckets) for p in shard.pieces]
@@ -204,6 +210,9 @@ def run_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> d
         "rejection_examples": [asdict(j) for j in rejections[:_MAX_EXAMPLES]],
         "files": files,
         "timings": timings,
+        # Storage operations this shard retried (transient errors it rode out); written before the
+        # record itself, so the record's own write is not counted.
+        "storage_retries": retry_count() - retries_before,
         # Peak resident memory of the worker process so far (it may have run other shards).
         "worker_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }

@@ -29,11 +29,13 @@ def _labels(pieces: tuple[Piece, ...]) -> str:
 
 
 def build_summary(run: dict, plan: Plan, info: BookInfo, records: dict[int, dict], ran_now: set[int],
-                  failed: dict[int, str], timings: dict, cpus: float) -> dict:
+                  failed: dict[int, str], timings: dict, cpus: float, attempts: dict[int, int] | None = None) -> dict:
     """Aggregate the complete shards' records (in shard order) into the run's summary.
 
     ``records``: completion records of every complete shard; ``ran_now``: the ids of those this
-    attempt ran (the others were complete before it); ``failed``: shard id -> error.
+    attempt ran (the others were complete before it); ``failed``: shard id -> error;
+    ``attempts``: shard id -> task starts seen by the progress actor (more than one: Ray retried
+    the task after a lost worker or node, or a storage outage).
     """
     ordered = [records[k] for k in sorted(records)]
     totals = merge_totals(r["totals"] for r in ordered)
@@ -79,6 +81,11 @@ def build_summary(run: dict, plan: Plan, info: BookInfo, records: dict[int, dict
         "totals": totals,
         "headline": headline(totals),
         "rejection_examples": [e for r in ordered for e in r["rejection_examples"]][:10],
+        "faults": {
+            "task_retries": sum(n - 1 for n in (attempts or {}).values() if n > 1),
+            "retried_shards": sorted(k for k, n in (attempts or {}).items() if n > 1),
+            "storage_retries": sum(r.get("storage_retries", 0) for r in now),
+        },
         "timings": {
             **timings,
             "cpus": cpus,
@@ -146,6 +153,10 @@ def format_summary(s: dict, run_uri: str) -> str:
         lines.append(f"  FAILED shard {f['shard_id']} ({f['pieces']}): {f['error']}")
     if sh["not_run"]:
         lines.append(f"  not run: shards {sh['not_run']}")
+    fl = s.get("faults") or {}
+    if fl.get("task_retries") or fl.get("storage_retries"):
+        lines.append(f"  faults ridden out: {fl['task_retries']} task retries (shards {fl['retried_shards']}), "
+                     f"{fl['storage_retries']} storage operations retried")
     st = hh["status"]
     lines += [
         "",
