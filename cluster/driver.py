@@ -170,10 +170,12 @@ def run_book(req: RunRequest, stream: TextIO | None = sys.stderr) -> RunOutcome:
     try:
         if todo:
             cpus = _cluster_cpus()
-            # The progress actor lives on the driver's node: losing a worker node must not take
-            # it (and the bar) along; if it is lost anyway, Ray restarts it and the bar goes on.
+            # The progress actor lives on the driver's node, strictly: a soft pin lets Ray place
+            # it on a worker node (it does so when the head has 0 CPUs), and losing that node
+            # would reset its counts (the bar, the retries in the summary). The driver's node goes
+            # only with the driver. If the actor is lost anyway, Ray restarts it and the run goes on.
             progress = Progress.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-                ray.get_runtime_context().get_node_id(), soft=True)).remote()
+                ray.get_runtime_context().get_node_id(), soft=False)).remote()
             done_before = int(sum(r["counts"]["households_in"] for r in records.values()))
             bar = _Bar(plan.households, stream)
             bar.start_done = done_before
