@@ -151,8 +151,6 @@ def run_book(req: RunRequest, stream: TextIO | None = sys.stderr) -> RunOutcome:
     plan, resumed = layout.start(run, plan_shards(book.info, req.shard_work))
     layout.clear_manifest()  # the run is complete again only when this attempt says so
     records = layout.complete_records(plan) if resumed else {}
-    if resumed:
-        layout.sweep_temporaries()
     todo = deque(s for s in plan.shards if s.shard_id not in records)
     t_plan = time.perf_counter() - t0
     if stream is not None:
@@ -180,6 +178,7 @@ def run_book(req: RunRequest, stream: TextIO | None = sys.stderr) -> RunOutcome:
             bar = _Bar(plan.households, stream)
             bar.start_done = done_before
             pending: dict = {}
+            polled = 0  # households done in this attempt, as the progress actor last said
             last_cpu_check = time.perf_counter()
             limit = req.max_in_flight or max(MIN_IN_FLIGHT, int(2 * cpus))
             while todo or pending:
@@ -206,8 +205,8 @@ def run_book(req: RunRequest, stream: TextIO | None = sys.stderr) -> RunOutcome:
                     else:
                         records[s.shard_id] = rec
                         ran_now.add(s.shard_id)
-                done = done_before + _poll(progress.total.remote(), 0)
-                bar.update(done, len(records), len(plan.shards), len(pending), len(failed))
+                polled = _poll(progress.total.remote(), polled)
+                bar.update(done_before + polled, len(records), len(plan.shards), len(pending), len(failed))
             done = done_before + sum(records[k]["counts"]["households_in"] for k in ran_now)
             bar.update(done, len(records), len(plan.shards), 0, len(failed), final=True)
             attempts = _poll(progress.attempts.remote(), {}, timeout=10.0)
@@ -239,8 +238,8 @@ def run_book(req: RunRequest, stream: TextIO | None = sys.stderr) -> RunOutcome:
 
 
 def _poll(ref, default, timeout: float = 2.0):
-    """The progress actor's answer, or ``default`` if it is restarting or gone: the bar must
-    never stall the run."""
+    """The progress actor's answer, or ``default`` (its last one) if it is restarting or gone:
+    the bar must never stall the run."""
     try:
         return ray.get(ref, timeout=timeout)
     except (GetTimeoutError, RayError):

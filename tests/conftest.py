@@ -64,24 +64,30 @@ def _boto3_client(endpoint_url: str):
     )
 
 
+def set_test_aws_env(mp: pytest.MonkeyPatch, endpoint_url: str | None = None) -> None:
+    """Point the standard AWS environment at the test server (the endpoint, when given): its
+    keys and region, no profile, token, role or metadata service, and none of a developer's
+    ~/.aws files (profiles, endpoints, s3 settings), which must not leak into tests."""
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "REBALANCER_S3_BACKEND", "REBALANCER_STORAGE_RETRY_SECONDS"):
+        mp.delenv(var, raising=False)
+    for k, v in {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+                 "AWS_REGION": S3_REGION, "AWS_EC2_METADATA_DISABLED": "true",
+                 "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+                 "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials"}.items():
+        mp.setenv(k, v)
+    if endpoint_url is not None:
+        mp.setenv("AWS_ENDPOINT_URL_S3", endpoint_url)
+
+
 @pytest.fixture
 def s3_bucket(s3_server, monkeypatch):
     """A fresh, uniquely named bucket, with the AWS environment pointed at the test server."""
     s3_server.start()  # no-op if running; brings it back if an earlier test stopped it
     endpoint = s3_server.endpoint_url
 
-    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
-                "REBALANCER_S3_BACKEND"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
-    monkeypatch.setenv("AWS_REGION", S3_REGION)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    # A developer's ~/.aws files (profiles, endpoints, s3 settings) must not leak into tests.
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    set_test_aws_env(monkeypatch, endpoint)
     for var in ("NO_PROXY", "no_proxy"):  # never send test traffic through a proxy
         monkeypatch.setenv(var, ",".join(filter(None, ["127.0.0.1", "localhost", os.environ.get(var, "")])))
 

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import ray
-from conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
+from conftest import set_test_aws_env
 
 from cluster.driver import RunRequest, run_book
 from cluster.layout import OUTPUT_TABLES
@@ -41,11 +41,7 @@ def ray_cluster(s3_server):
     """A real local Ray cluster. Its environment holds the test S3 server's credentials, as an
     instance profile would give them to a real cluster's workers; endpoints travel with the job."""
     mp = pytest.MonkeyPatch()
-    for k, v in {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
-                 "AWS_REGION": S3_REGION, "AWS_EC2_METADATA_DISABLED": "true",
-                 "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-                 "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials"}.items():
-        mp.setenv(k, v)
+    set_test_aws_env(mp)
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
     try:
         yield

@@ -20,7 +20,7 @@ import boto3
 import pytest
 import ray
 from botocore.config import Config
-from conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
+from conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, set_test_aws_env
 from s3server import DurableS3Server
 
 from cluster.driver import RunOutcome, RunRequest, run_book
@@ -49,14 +49,7 @@ def durable_s3():
 def env(durable_s3):
     """The AWS environment of the driver and of Ray's workers, pointed at the durable server."""
     mp = pytest.MonkeyPatch()
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
-                "REBALANCER_S3_BACKEND", "REBALANCER_STORAGE_RETRY_SECONDS"):
-        mp.delenv(var, raising=False)
-    for k, v in {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
-                 "AWS_REGION": S3_REGION, "AWS_ENDPOINT_URL_S3": durable_s3.endpoint_url,
-                 "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-                 "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials"}.items():
-        mp.setenv(k, v)
+    set_test_aws_env(mp, durable_s3.endpoint_url)
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
     try:
         yield
