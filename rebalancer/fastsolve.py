@@ -75,6 +75,13 @@ def risk_structure(p: HouseholdProblem) -> tuple[np.ndarray, np.ndarray, np.ndar
     lam2 = 2.0 * p.risk_aversion
     n = len(p.securities)
     XC = p.exposures @ p.factor_chol  # (n, k): X F X' = XC XC'
+    k = XC.shape[1]
+    # Securities that look through to several assets (ETFs) are in the cover below whatever
+    # else is; when they alone make the low-rank form no smaller than n, P is dense: build it
+    # with dense products (a small fund household; sparse overheads would dominate).
+    if k + 2 * int(np.count_nonzero(np.count_nonzero(p.lookthrough, axis=1) > 1)) >= n:
+        S = (p.lookthrough * p.specific_var) @ p.lookthrough.T
+        return np.zeros(n), lam2 * (XC @ XC.T + S), np.eye(n)
     L = sp.csr_matrix(p.lookthrough)
     S = (L @ sp.diags(p.specific_var) @ L.T).tocsr()  # (n, n) L D L'
     dg = S.diagonal().copy()
@@ -92,7 +99,6 @@ def risk_structure(p: HouseholdProblem) -> tuple[np.ndarray, np.ndarray, np.ndar
         if not (hub[i] or hub[j]):
             hub[i] = True
     E = np.flatnonzero(hub)
-    k = XC.shape[1]
     if k + 2 * len(E) >= n:
         P = lam2 * (XC @ XC.T + S.toarray())
         return np.zeros(n), P, np.eye(n)

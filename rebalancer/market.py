@@ -93,27 +93,31 @@ class Market:
         variances, so the specific variance of holdings w is ``sum(d * (L' w)**2)``.
         """
         positions = np.asarray(positions, np.int64)
-        cols: dict[int, int] = {}
-        entries: list[tuple[int, int, float]] = []
-
-        def col(key: int) -> int:
-            if key not in cols:
-                cols[key] = len(cols)
-            return cols[key]
-
-        for r, p in enumerate(positions):
+        n = len(positions)
+        # One entry per (row, risk asset): an index ETF's constituents then its residual
+        # (keyed -p-1), any other security itself; columns in order of first appearance.
+        keys, weights, rows = [], [], []
+        for r, p in enumerate(positions.tolist()):
             ix = self.index_of[p]
             if ix >= 0:
-                members, weights = self.indexes[ix]
-                for m, w in zip(members, weights):
-                    entries.append((r, col(int(m)), float(w)))
-                entries.append((r, col(-int(p) - 1), 1.0))
+                members, w = self.indexes[ix]
+                keys += (members, (-p - 1,))
+                weights += (w, (1.0,))
+                rows += ((r,) * (len(members) + 1),)
             else:
-                entries.append((r, col(int(p)), 1.0))
-        assets = np.fromiter(cols.keys(), np.int64, len(cols))
-        L = np.zeros((len(positions), len(cols)))
-        for r, c, w in entries:
-            L[r, c] += w
+                keys.append((p,))
+                weights.append((1.0,))
+                rows.append((r,))
+        if not n:
+            return np.zeros(0, np.int64), np.zeros((0, 0)), np.zeros(0)
+        keys = np.concatenate(keys).astype(np.int64, copy=False)
+        uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        assets = uniq[order]
+        L = np.zeros((n, len(assets)))
+        np.add.at(L, (np.concatenate(rows), rank[inverse]), np.concatenate(weights).astype(float, copy=False))
         own = np.where(assets >= 0, assets, -assets - 1)
         d = self.risk.specific_var[own].copy()
         # An ETF's residual is the part of its specific variance its constituents' specific
