@@ -80,8 +80,9 @@ def risk_structure(p: HouseholdProblem) -> tuple[np.ndarray, np.ndarray, np.ndar
     # else is; when they alone make the low-rank form no smaller than n, P is dense: build it
     # with dense products (a small fund household; sparse overheads would dominate).
     if k + 2 * int(np.count_nonzero(np.count_nonzero(p.lookthrough, axis=1) > 1)) >= n:
-        S = (p.lookthrough * p.specific_var) @ p.lookthrough.T
-        return np.zeros(n), lam2 * (XC @ XC.T + S), np.eye(n)
+        LD = p.lookthrough * p.specific_var
+        P = XC @ XC.T + LD @ p.lookthrough.T
+        return np.zeros(n), lam2 * 0.5 * (P + P.T), np.eye(n)  # exactly symmetric, as the sparse sum was
     L = sp.csr_matrix(p.lookthrough)
     S = (L @ sp.diags(p.specific_var) @ L.T).tocsr()  # (n, n) L D L'
     dg = S.diagonal().copy()
