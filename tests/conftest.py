@@ -7,6 +7,8 @@ exactly as it would find MinIO or AWS (no test-only code paths).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 # One BLAS thread per process, as the job runs (see jobs/cli.py).
@@ -79,6 +81,24 @@ def set_test_aws_env(mp: pytest.MonkeyPatch, endpoint_url: str | None = None) ->
         mp.setenv(k, v)
     if endpoint_url is not None:
         mp.setenv("AWS_ENDPOINT_URL_S3", endpoint_url)
+
+
+@contextlib.contextmanager
+def local_ray(aws_env: bool = False, aws_endpoint_url: str | None = None):
+    """A real local Ray of 2 CPUs for a module's tests, shut down after. With ``aws_env`` it
+    starts with the test server's AWS environment (:func:`set_test_aws_env`), as an instance
+    profile gives a real cluster's workers theirs (endpoints travel with the job); the
+    environment is restored after."""
+    import ray  # here: most test modules never start Ray
+
+    with pytest.MonkeyPatch.context() as mp:
+        if aws_env:
+            set_test_aws_env(mp, aws_endpoint_url)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 @pytest.fixture

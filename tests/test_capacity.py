@@ -17,13 +17,12 @@ import copy
 import glob
 import io
 import json
-import logging
 import os
 import subprocess
 import sys
 
 import pytest
-import ray
+from conftest import local_ray
 
 from cluster.capacity import MIX, REPORT_FILE, CapacityRequest, draw_sample, ensure_book, load_reports, render_markdown
 from cluster.summary import TASK_STAGES
@@ -42,11 +41,8 @@ PER_KIND, MIX_SIZE = 2, 6
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
-    try:
+    with local_ray():
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import base64
 import datetime as dt
 import glob
 import json
-import logging
 import math
 import os
 import xml.etree.ElementTree as ET
@@ -16,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
+from conftest import local_ray
 from handmarket import IBM, JNJ, MSFT, XOM, account, days_ago, hand_covariance, household, lot, market
 
 from cluster.driver import RunRequest, run_book
@@ -168,13 +167,10 @@ def runs(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("runs"))
     d2 = info.as_of
     d1 = d2 - dt.timedelta(days=3)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
-    try:
+    with local_ray():
         for run_id, d in (("a-first", d1), ("b-first-again", d1), ("c-second", d2)):
             o = run_book(RunRequest(book=book, out=out, run_id=run_id, date=d), stream=None)
             assert o.complete
-    finally:
-        ray.shutdown()
     # A run that never finished: its manifest is gone.
     os.makedirs(f"{out}/d-broken", exist_ok=True)
     with open(f"{out}/d-broken/run.json", "w") as fh:

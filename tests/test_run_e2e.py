@@ -12,7 +12,6 @@ outputs on local files and on the local S3-compatible server.
 from __future__ import annotations
 
 import glob
-import logging
 import os
 import shutil
 
@@ -20,8 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import ray
-from conftest import set_test_aws_env
+from conftest import local_ray
 
 from cluster.driver import RunRequest, run_book
 from cluster.layout import OUTPUT_TABLES
@@ -40,14 +38,8 @@ SHARD_WORK = 8_000  # cuts each bucket into parts: several shards, some sharing 
 def ray_cluster(s3_server):
     """A real local Ray cluster. Its environment holds the test S3 server's credentials, as an
     instance profile would give them to a real cluster's workers; endpoints travel with the job."""
-    mp = pytest.MonkeyPatch()
-    set_test_aws_env(mp)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
-    try:
+    with local_ray(aws_env=True):
         yield
-    finally:
-        ray.shutdown()
-        mp.undo()
 
 
 @pytest.fixture(scope="module")

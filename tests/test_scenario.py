@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import hashlib
-import logging
 import os
 
 import numpy as np
@@ -24,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import ray
+from conftest import local_ray
 
 from bookfactory import AS_OF as TINY_AS_OF, set_cell, tiny_book_tables, write_book
 from rebalancer.book import Book
@@ -257,11 +256,8 @@ def test_cli_errors(book, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
-    try:
+    with local_ray():
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.mark.slow

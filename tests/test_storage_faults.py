@@ -11,16 +11,14 @@ S3-compatible server that stops listening and comes back with its data (DurableS
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import threading
 import time
 
 import boto3
 import pytest
-import ray
 from botocore.config import Config
-from conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, set_test_aws_env
+from conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, local_ray
 from s3server import DurableS3Server
 
 from cluster.driver import RunOutcome, RunRequest, run_book
@@ -48,14 +46,8 @@ def durable_s3():
 @pytest.fixture(scope="module")
 def env(durable_s3):
     """The AWS environment of the driver and of Ray's workers, pointed at the durable server."""
-    mp = pytest.MonkeyPatch()
-    set_test_aws_env(mp, durable_s3.endpoint_url)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
-    try:
+    with local_ray(aws_env=True, aws_endpoint_url=durable_s3.endpoint_url):
         yield
-    finally:
-        ray.shutdown()
-        mp.undo()
 
 
 @pytest.fixture(scope="module")
