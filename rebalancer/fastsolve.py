@@ -36,9 +36,18 @@ iterate is kept; a household whose iterates stall (rounding takes over near the 
 stops there and is ``optimal_inaccurate`` if its best iterate is within 10x those
 tolerances, else ``failed`` (the job then solves it with the reference). The solver does
 not certify infeasibility: an infeasible problem ends ``failed``.
+
+Warm starts: every result carries its final iterate (:class:`~rebalancer.solution.WarmStart`);
+a problem with the same variables (the job's wash-sale re-solve, which fixes some of them at
+0) can start from it: x pushed ``_WARM_SHIFT`` inside its bounds, every complementarity
+product at least ``_WARM_MU``, row slacks at least ``_WARM_ROW``. Direct-indexed re-solves
+take about half the iterations (18.6 -> 10 on average); small fund households start cold
+(see ``_group_start``). A warm start that ends anything but optimal is solved again cold and
+the better result kept, so a poor start costs time, never the answer.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -47,7 +56,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .problem import HouseholdProblem
-from .solution import SolveResult, SolveStatus
+from .solution import SolveResult, SolveStatus, WarmStart
 
 __all__ = ["SOLVER_NAME", "solve_fast", "solve_batch", "risk_structure"]
 
@@ -68,6 +77,11 @@ _REFINE = 1  # rounds of iterative refinement of each Newton step
 _DUAL_TOL = 100.0
 _GAP_TOL = 100.0
 _INACCURATE = 10.0
+# A warm start: margin inside the bounds (units of V) and least complementarity product.
+_WARM_SHIFT = 1e-5
+_WARM_MU = 1e-7
+_WARM_ROW = 1e-3
+_STALL_FROM = 6  # iterations before a rise of the merit counts as a stall (a warm start may rise first)
 
 
 def risk_structure(p: HouseholdProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -312,12 +326,14 @@ def _ratio(v, dv):
     return out
 
 
-def _solve_group(g: _Group, tolerance: float):
-    """Interior-point iterations on one group. Returns per household (in ``g.ids`` order of the
-    original group): x (flat, original variable order of the group), status, merit, iterations,
-    dual residual."""
+def _solve_group(g: _Group, tolerance: float, start=None):
+    """Interior-point iterations on one group. Returns the best iterate (x, zl, zu flat in the
+    group's original variable order; y (B, m)) and per household (in ``g.ids`` order of the
+    original group) merit, iterations, dual residual, status. ``start``: (x, zl, zu, y, warm)
+    in the same layout, ``warm`` (B,) the households that start from it (see ``_warm``)."""
     B0, m = g.B, g.h.shape[1]
     x_out = np.zeros(len(g.hh))
+    zl_out, zu_out, y_out = np.zeros(len(g.hh)), np.zeros(len(g.hh)), np.zeros((B0, m))
     var_ids = np.arange(len(g.hh))  # position of each current variable in the original group
     res = {"merit": np.full(B0, np.inf), "iters": np.zeros(B0, int), "best_it": np.zeros(B0, int),
            "rd": np.full(B0, np.inf), "optimal": np.zeros(B0, bool)}
@@ -332,8 +348,10 @@ def _solve_group(g: _Group, tolerance: float):
     zl = mu0 / (x - g.lb)
     zu = fin * mu0 / np.where(fin > 0, g.ub - x, 1.0)
     y = g.rv * mu0 / s
+    if start is not None:
+        x, s, zl, zu, y = _warm(g, ops, start, (x, s, zl, zu, y))
     tol_d, tol_gap = _DUAL_TOL * tolerance, _GAP_TOL * tolerance
-    best_x = x.copy()
+    best_x, best_zl, best_zu, best_y = x.copy(), zl.copy(), zu.copy(), y.copy()
     best_merit = np.full(B0, np.inf)
     eye_m = np.eye(m)
 
@@ -356,17 +374,20 @@ def _solve_group(g: _Group, tolerance: float):
         better = live & (merit < best_merit)
         if better.any():
             sel = better[g.hh]
-            best_x[sel] = x[sel]
+            best_x[sel], best_zl[sel], best_zu[sel] = x[sel], zl[sel], zu[sel]
+            best_y[better] = y[better]
             best_merit[better] = merit[better]
             res["best_it"][pos[better]] = it
             res["rd"][pos[better]] = rd_max[better]
         done = live & (merit <= 1.0)
         # Rounding has taken over (the Newton systems of a nearly solved problem are very
         # ill-conditioned): stop and keep the best iterate.
-        stop = live & (done | (merit > 1e3 * best_merit) | (it == MAX_ITER))
+        stop = live & (done | ((merit > 1e3 * best_merit) & (it >= _STALL_FROM)) | (it == MAX_ITER))
         if stop.any():
             sel = stop[g.hh]
             x_out[var_ids[sel]] = best_x[sel]
+            zl_out[var_ids[sel]], zu_out[var_ids[sel]] = best_zl[sel], best_zu[sel]
+            y_out[pos[stop]] = best_y[stop]
             res["merit"][pos[stop]] = best_merit[stop]
             res["iters"][pos[stop]] = it
             res["optimal"][pos[done]] = True
@@ -378,6 +399,7 @@ def _solve_group(g: _Group, tolerance: float):
                 ops = _Ops(g)
                 fin = g.fin
                 x, zl, zu, best_x, var_ids = x[vm], zl[vm], zu[vm], best_x[vm], var_ids[vm]
+                best_zl, best_zu, best_y = best_zl[vm], best_zu[vm], best_y[live]
                 tl, tu, rd = tl[vm], tu[vm], rd[vm]
                 s, y, rp, comp, mu, best_merit, pos = s[live], y[live], rp[live], comp[live], mu[live], best_merit[live], pos[live]
                 n_comp = n_comp[live]
@@ -452,7 +474,30 @@ def _solve_group(g: _Group, tolerance: float):
         zu = zu + alh * dzu
         s = np.where(g.rv > 0, s + al[:, None] * ds, 1.0)
         y = g.rv * (y + al[:, None] * dy)
-    return x_out, res
+    return (x_out, zl_out, zu_out, y_out), res
+
+
+def _warm(g: _Group, ops: _Ops, start, cold):
+    """The starting point of households that have an earlier iterate of a problem with the
+    same variables (a re-solve with some of them fixed, or yesterday's): its x pushed inside
+    the bounds by a small margin, every complementarity product at least ``_WARM_MU``; the
+    others keep the cold start ``cold``."""
+    wx, wzl, wzu, wy, warm = start
+    x, s, zl, zu, y = cold
+    fin = g.fin
+    span = np.where(fin > 0, g.ub - g.lb, np.inf)
+    theta = np.minimum(0.5 * span, _WARM_SHIFT)
+    xw = np.clip(wx, g.lb + theta, np.where(fin > 0, g.ub - theta, np.inf))
+    tl = xw - g.lb
+    tu = np.where(fin > 0, g.ub - xw, 1.0)
+    zlw = np.maximum(wzl, _WARM_MU / tl)
+    zuw = fin * np.maximum(wzu, _WARM_MU / tu)
+    sw = np.where(g.rv > 0, np.maximum(g.h - ops.G(xw), _WARM_ROW), 1.0)
+    yw = g.rv * np.maximum(wy, _WARM_MU / sw)
+    wv = warm[g.hh]
+    wb = warm[:, None]
+    return (np.where(wv, xw, x), np.where(wb, sw, s), np.where(wv, zlw, zl), np.where(wv, zuw, zu),
+            np.where(wb, yw, y))
 
 
 def _chunks(problems, structs, ids):
@@ -476,13 +521,21 @@ def _chunks(problems, structs, ids):
     return out
 
 
-def solve_batch(problems: list[HouseholdProblem], tolerance: float = 1e-8) -> list[SolveResult]:
-    """Solve every problem of the batch together; one :class:`SolveResult` per problem."""
+def solve_batch(problems: list[HouseholdProblem], tolerance: float = 1e-8,
+                starts: list[WarmStart | None] | None = None) -> list[SolveResult]:
+    """Solve every problem of the batch together; one :class:`SolveResult` per problem, each
+    with its final iterate as ``start``. ``starts[i]``, where given, is a warm start for
+    problem i: the final iterate of a problem with the same variables."""
     if not problems:
         return []
+    if starts is not None and len(starts) != len(problems):
+        raise ValueError(f"{len(starts)} warm starts for {len(problems)} problems")
     t0 = time.perf_counter()
     structs = [risk_structure(p) for p in problems]
     xs = [np.where(p.ub > p.lb + 1e-15, 0.0, p.lb) for p in problems]
+    zls = [np.zeros(len(p.lb)) for p in problems]
+    zus = [np.zeros(len(p.lb)) for p in problems]
+    ys = [np.zeros(p.n_accounts + 1) for p in problems]
     merit = np.zeros(len(problems))
     iters = np.zeros(len(problems), int)
     best_it = np.zeros(len(problems), int)
@@ -492,10 +545,16 @@ def solve_batch(problems: list[HouseholdProblem], tolerance: float = 1e-8) -> li
     groups = [_group(problems, structs, ids) for ids in _chunks(problems, structs, todo)]
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
+    warmed = np.zeros(len(problems), bool)
     for g, free_idx in groups:
-        x, res = _solve_group(g, tolerance)
+        start = _group_start(g, free_idx, problems, starts)
+        if start is not None:
+            warmed[g.ids] = start[-1]
+        (x, zl, zu, y), res = _solve_group(g, tolerance, start)
         for b, i in enumerate(g.ids):
-            xs[i][free_idx[b]] = x[g.start[b]:g.start[b] + len(free_idx[b])]
+            sl = slice(g.start[b], g.start[b] + len(free_idx[b]))
+            xs[i][free_idx[b]], zls[i][free_idx[b]], zus[i][free_idx[b]] = x[sl], zl[sl], zu[sl]
+            ys[i][:] = y[b, :len(ys[i])]
         merit[g.ids], iters[g.ids], best_it[g.ids] = res["merit"], res["iters"], res["best_it"]
         rd[g.ids], optimal[g.ids] = res["rd"], res["optimal"]
     solve_s = time.perf_counter() - t1
@@ -509,13 +568,52 @@ def solve_batch(problems: list[HouseholdProblem], tolerance: float = 1e-8) -> li
             # close enough for use, flagged, when the best iterate is within 100x the tolerances
             st = SolveStatus.OPTIMAL_INACCURATE if merit[i] <= _INACCURATE else SolveStatus.FAILED
         primal = max(p.violation(x).values())
+        start = WarmStart(x=x, zl=zls[i], zu=zus[i], y=ys[i])
         x = np.clip(x, p.lb, np.where(np.isfinite(p.ub), p.ub, np.inf))
         out.append(SolveResult(solver=SOLVER_NAME, status=st, x=x,
                                objective=p.objective(x) if st.usable else float("nan"),
                                primal_residual=primal, dual_residual=float(rd[i]) if st.usable else float("nan"),
                                iterations=int(best_it[i]), setup_seconds=setup_s / B, solve_seconds=solve_s / B,
-                               message=f"{st} after {int(iters[i])} iterations"))
+                               message=f"{st} after {int(iters[i])} iterations", start=start))
+    # A warm start that did not reach an optimum gets a cold one (then the better result).
+    again = [i for i, r in enumerate(out) if warmed[i] and r.status != SolveStatus.OPTIMAL]
+    if again:
+        for i, r in zip(again, solve_batch([problems[i] for i in again], tolerance)):
+            if _RANK[r.status] < _RANK[out[i].status]:
+                out[i] = dataclasses.replace(r, message=f"{r.message} (cold, after a warm start: {out[i].message})")
     return out
+
+
+_RANK = {SolveStatus.OPTIMAL: 0, SolveStatus.OPTIMAL_INACCURATE: 1, SolveStatus.FAILED: 2, SolveStatus.INFEASIBLE: 2}
+
+
+def _group_start(g: _Group, free_idx, problems, starts):
+    """The warm starts of a group's households in its layout, or None if none has one. Dense
+    groups (small fund households, a dozen iterations from a cold start) start cold: from the
+    iterate of a restricted problem they took more iterations and failed more often (measured
+    on 80 such re-solves: 12 -> 20 iterations, 1 -> 40 failed), the low-rank ones fewer
+    (47 direct-index re-solves: 18.6 -> 10 iterations, none failed)."""
+    if starts is None or g.Zt is None or all(starts[i] is None for i in g.ids):
+        return None
+    n_var = len(g.hh)
+    x, zl, zu = np.zeros(n_var), np.zeros(n_var), np.zeros(n_var)
+    y = np.zeros(g.h.shape)
+    warm = np.zeros(g.B, bool)
+    for b, i in enumerate(g.ids):
+        w = starts[i]
+        if w is None:
+            continue
+        p = problems[i]
+        if len(w.x) != len(p.lb) or len(w.y) != p.n_accounts + 1:
+            raise ValueError(f"household {p.household_id}: warm start of {len(w.x)} variables and {len(w.y)} rows "
+                             f"for a problem of {len(p.lb)} and {p.n_accounts + 1}")
+        sl = slice(g.start[b], g.start[b] + len(free_idx[b]))
+        parts = (w.x[free_idx[b]], w.zl[free_idx[b]], w.zu[free_idx[b]], w.y)
+        if not all(np.all(np.isfinite(v)) for v in parts):
+            continue  # an iterate that went astray: start cold
+        x[sl], zl[sl], zu[sl], y[b, :len(w.y)] = parts
+        warm[b] = True
+    return x, zl, zu, y, warm
 
 
 def solve_fast(p: HouseholdProblem, tolerance: float = 1e-8) -> SolveResult:

@@ -49,16 +49,18 @@ from .problem import HouseholdProblem, LotTax, VarKind, build_problem, transitio
 from .reference import solve_reference
 from .schema import TradeReason
 from .settings import OptimizerSettings
-from .solution import SolveResult, SolveStatus
+from .solution import SolveResult, SolveStatus, WarmStart
 
 __all__ = ["HouseholdStatus", "Trades", "HouseholdResult", "HouseholdInfeasible", "SolverFailure",
            "rebalance_household", "rebalance_households"]
 
 Solver = Callable[[HouseholdProblem, float], SolveResult]
-BatchSolver = Callable[[list[HouseholdProblem], float], list[SolveResult]]
-# A household's run as a generator: it yields each problem it needs solved and is sent the
+# problems, tolerance, a warm start (or None) per problem -> one result per problem
+BatchSolver = Callable[[list[HouseholdProblem], float, list[WarmStart | None]], list[SolveResult]]
+# A household's run as a generator: it yields each problem it needs solved, with a warm start
+# where it has one (a re-solve starts where the solve it restricts ended), and is sent the
 # result; it returns the HouseholdResult.
-_Steps = Generator[HouseholdProblem, SolveResult, "HouseholdResult"]
+_Steps = Generator[tuple[HouseholdProblem, WarmStart | None], SolveResult, "HouseholdResult"]
 _TRADE_TOL = 1e-7  # units of V: below this a trade is solver noise
 
 
@@ -169,9 +171,9 @@ def rebalance_household(market: Market, hh: Household, settings: OptimizerSettin
     solve = solver or solve_reference
     steps = _steps(market, hh, settings, date)
     try:
-        p = next(steps)
+        p, _ = next(steps)
         while True:
-            p = steps.send(solve(p, settings.solver_tolerance))
+            p, _ = steps.send(solve(p, settings.solver_tolerance))
     except StopIteration as done:
         return done.value
 
@@ -186,9 +188,9 @@ def rebalance_households(market: Market, households: list[Household], settings: 
     :class:`OptimizationError` or any other); ``on_done(n)`` is called as households finish.
     """
     settings = settings or OptimizerSettings()
-    solver = solver or (lambda ps, tol: [solve_reference(p, tol) for p in ps])
+    solver = solver or (lambda ps, tol, starts: [solve_reference(p, tol) for p in ps])
     out: list = [None] * len(households)
-    pending: dict[int, tuple[_Steps, HouseholdProblem]] = {}
+    pending: dict[int, tuple[_Steps, tuple[HouseholdProblem, WarmStart | None]]] = {}
     finished = 0
 
     def advance(i: int, steps: _Steps, result: SolveResult | None) -> None:
@@ -211,7 +213,8 @@ def rebalance_households(market: Market, households: list[Household], settings: 
     while pending:
         items = sorted(pending.items())
         pending.clear()
-        results = solver([p for _, (_, p) in items], settings.solver_tolerance)
+        results = solver([p for _, (_, (p, _)) in items], settings.solver_tolerance,
+                         [w for _, (_, (_, w)) in items])
         for (i, (steps, _)), r in zip(items, results, strict=True):
             advance(i, steps, r)
     return out
@@ -233,9 +236,9 @@ def _steps(market: Market, hh: Household, settings: OptimizerSettings, date) -> 
     solved: list[SolveResult] = []
     waited = [0.0]
 
-    def solve(q: HouseholdProblem):
+    def solve(q: HouseholdProblem, start: WarmStart | None = None):
         t_yield = time.perf_counter()
-        r = yield q
+        r = yield q, start
         waited[0] += time.perf_counter() - t_yield
         solved.append(r)
         return r
@@ -259,7 +262,7 @@ def _steps(market: Market, hh: Household, settings: OptimizerSettings, date) -> 
         chosen = best.extra.get("modes", {})
         if _conflicts(p, r.x) and any(chosen.get(g) != m for g, m in modes.items()):
             q = p.restrict(_mode_mask(p, modes))
-            cand = yield from solve(q)
+            cand = yield from solve(q, r.start)
             if cand.status.usable and not _conflicts(q, cand.x) and cand.objective < best.objective:
                 best_p, best = q, cand
     if naive_ok and naive_obj < best.objective - 1e-7:
@@ -427,7 +430,7 @@ def _settle_directions(p: HouseholdProblem, r: SolveResult, solve, modes: dict[i
         return p, r
     fixed = {**_directions(p, r.x), **modes}
     q = p.restrict(_mode_mask(p, fixed))
-    r2 = yield from solve(q)
+    r2 = yield from solve(q, r.start)
     if not r2.status.usable and any(m == "buy" for m in fixed.values()):
         # A 'buy' direction forbade a loss sale the budget or a cash reserve needs. 'sell'
         # only forbids buys, which no hard rule needs, so all-'sell' is always feasible (the

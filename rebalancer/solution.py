@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SolveStatus", "SolveResult"]
+__all__ = ["SolveStatus", "SolveResult", "WarmStart"]
 
 
 class SolveStatus(enum.StrEnum):
@@ -21,12 +21,27 @@ class SolveStatus(enum.StrEnum):
 
 
 @dataclass(frozen=True, eq=False)
+class WarmStart:
+    """Where an interior-point solve of a problem ended, to start a solve of a problem with the
+    same variables from (a re-solve with some of them fixed, a relaxed budget, yesterday's
+    problem of the household): x (N,) trades, zl and zu (N,) the duals of the lower and upper
+    bounds (0 for a fixed variable), y (n_accounts + 1,) of the cash rows and the budget row.
+    Units of household value, as the problem's."""
+    x: np.ndarray
+    zl: np.ndarray
+    zu: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
 class SolveResult:
     """x : (N,) the solution (units of household value), clipped into its bounds.
     objective : f(x) in units of V, evaluated by the problem (not the solver's own figure).
     primal_residual : largest constraint violation of x before clipping (units of V).
     dual_residual : infinity norm of the KKT stationarity residual (units of V), NaN if unknown.
     iterations, setup_seconds, solve_seconds : solver statistics.
+    start : the solver's final iterate, for a warm start of a related problem (None when the
+        solver has none to give: the reference).
     """
     solver: str
     status: SolveStatus
@@ -39,3 +54,4 @@ class SolveResult:
     solve_seconds: float
     message: str = ""
     extra: dict = field(default_factory=dict)
+    start: WarmStart | None = None

@@ -17,12 +17,19 @@ from rebalancer.settings import OptimizerSettings
 
 
 @pytest.fixture(scope="module")
-def problems(tmp_path_factory):
+def households(tmp_path_factory):
+    """(market, households) of a generated 120-account book."""
     uri = str(tmp_path_factory.mktemp("book"))
     generate_book(GeneratorSettings(accounts=120, seed=21, accounts_per_bucket=120), uri)
     book = Book.open(uri)
     market = Market.from_tables({t.name: book.read(t.name) for t in REFERENCE_TABLES}, book.as_of)
     hhs, _ = split_households(market, {t.name: book.read(t.name, 0) for t in HOUSEHOLD_TABLES})
+    return market, hhs
+
+
+@pytest.fixture(scope="module")
+def problems(households):
+    market, hhs = households
     return [build_problem(market, h, OptimizerSettings()) for h in hhs]
 
 
@@ -48,3 +55,70 @@ def test_batched_solver_agrees_with_the_reference(problems):
             assert f.primal_residual <= 1e-7
             assert abs(f.objective - r.objective) <= max(1e-3 * abs(r.objective), 1e-5), p.household_id
     assert usable >= 0.95 * len(problems)
+
+
+def _resolves(problems):
+    """The wash-sale re-solves the job makes: each problem whose first solve both buys and
+    sells a group at a loss, with the directions fixed, and that first solve."""
+    from rebalancer.optimize import _conflicts, _directions, _mode_mask
+    out = []
+    for p, r in zip(problems, solve_batch(problems)):
+        if r.status.usable and _conflicts(p, r.x):
+            out.append((p.restrict(_mode_mask(p, _directions(p, r.x))), r))
+    return out
+
+
+def test_warm_restart_agrees_with_a_cold_one_in_fewer_iterations(problems):
+    big = [p for p in problems if len(p.securities) >= 100]
+    pairs = _resolves(big)
+    assert len(pairs) >= 5
+    qs = [q for q, _ in pairs]
+    cold = solve_batch(qs)
+    warm = solve_batch(qs, starts=[r.start for _, r in pairs])
+    for q, c, w in zip(qs, cold, warm):
+        assert w.status.usable, q.household_id
+        assert w.primal_residual <= 1e-7
+        if c.status.usable:
+            assert abs(w.objective - c.objective) <= max(1e-3 * abs(c.objective), 1e-5), q.household_id
+    assert sum(w.iterations for w in warm) <= 0.75 * sum(c.iterations for c in cold)
+
+
+def test_a_bad_warm_start_costs_time_not_the_answer(problems):
+    from rebalancer.solution import WarmStart
+    big = [p for p in problems if len(p.securities) >= 100][:4]
+    cold = solve_batch(big)
+    n = [len(p.lb) for p in big]
+    bad = [WarmStart(x=np.full(k, np.nan), zl=np.zeros(k), zu=np.zeros(k), y=np.zeros(p.n_accounts + 1))
+           for k, p in zip(n, big[:2])]
+    # far from the solution: every trade at its upper bound (or 1), huge duals
+    bad += [WarmStart(x=np.where(np.isfinite(p.ub), p.ub, 1.0), zl=np.full(k, 1e6), zu=np.full(k, 1e6),
+                      y=np.full(p.n_accounts + 1, 1e6)) for k, p in zip(n[2:], big[2:])]
+    for p, c, w in zip(big, cold, solve_batch(big, starts=bad)):
+        assert w.status.usable, p.household_id
+        assert abs(w.objective - c.objective) <= max(1e-3 * abs(c.objective), 1e-5), p.household_id
+    p = big[0]
+    wrong = WarmStart(x=np.zeros(3), zl=np.zeros(3), zu=np.zeros(3), y=np.zeros(2))
+    with pytest.raises(ValueError, match=f"household {p.household_id}: warm start of 3 variables"):
+        solve_batch([p], starts=[wrong])
+    with pytest.raises(ValueError, match="1 warm starts for 2 problems"):
+        solve_batch(big[:2], starts=[None])
+
+
+def test_the_job_restarts_a_resolve_where_its_first_solve_ended(households):
+    """rebalance_households hands the solver each wash-sale re-solve with the first solve's
+    final iterate, and every first solve without one."""
+    from rebalancer.optimize import rebalance_households
+    from rebalancer.solvers import fast_with_fallback
+    market, hhs = households
+    seen = []
+
+    def recording(ps, tol, starts):
+        seen.append([(p.household_id, s is not None) for p, s in zip(ps, starts)])
+        return fast_with_fallback(ps, tol, starts)
+
+    res = rebalance_households(market, hhs, OptimizerSettings(), recording)
+    assert not any(isinstance(r, Exception) for r in res)
+    assert all(not warm for _, warm in seen[0])  # first solves: nothing to start from
+    resolves = [hid for batch in seen[1:] for hid, warm in batch if warm]
+    assert resolves, "no re-solve got a warm start"
+    assert sum(r.solves for r in res) == sum(len(b) for b in seen)
