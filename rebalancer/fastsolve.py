@@ -531,7 +531,7 @@ def solve_batch(problems: list[HouseholdProblem], tolerance: float = 1e-8,
     if starts is not None and len(starts) != len(problems):
         raise ValueError(f"{len(starts)} warm starts for {len(problems)} problems")
     t0 = time.perf_counter()
-    structs = [risk_structure(p) for p in problems]
+    structs = [p.derived_risk("fastsolve.risk_structure", risk_structure) for p in problems]
     xs = [np.where(p.ub > p.lb + 1e-15, 0.0, p.lb) for p in problems]
     zls = [np.zeros(len(p.lb)) for p in problems]
     zus = [np.zeros(len(p.lb)) for p in problems]

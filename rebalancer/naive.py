@@ -52,9 +52,12 @@ def naive_rebalance(market: Market, hh: Household, p: HouseholdProblem) -> Naive
         investable = max(values[a] - acc.reserve[a], 0.0)
         desired = dict(zip(pos.tolist(), (investable * w).tolist()))
         in_a = order[lots.account[order] == a]
-        held: dict[int, float] = {}
-        for l in in_a:
-            held[int(lots.security[l])] = held.get(int(lots.security[l]), 0.0) + lot_value[l]
+        # value held per security, in order of first appearance (sums in FIFO order)
+        sec_a = lots.security[in_a]
+        u, first, inv = np.unique(sec_a, return_index=True, return_inverse=True)
+        sums = np.bincount(inv, weights=lot_value[in_a], minlength=len(u))
+        by_first = np.argsort(first, kind="stable")
+        held: dict[int, float] = dict(zip(u[by_first].tolist(), sums[by_first].tolist()))
         never_sell = set(acc.never_sell[a].tolist())
         cash = acc.cash[a]
         for s, h in held.items():
@@ -78,9 +81,8 @@ def naive_rebalance(market: Market, hh: Household, p: HouseholdProblem) -> Naive
                 bought[(a, s)] = v * scale
 
     # In-run wash sales of the naive trades: a loss sale of a group it also buys is disallowed.
-    bought_groups = {int(market.wash_group[s]) for (_, s) in bought}
-    run_disallowed = np.array([(lot_sold[l] > 0) and (int(market.wash_group[lots.security[l]]) in bought_groups)
-                               for l in range(len(lots))], bool) if len(lots) else np.zeros(0, bool)
+    bought_groups = [int(market.wash_group[s]) for (_, s) in bought]
+    run_disallowed = (lot_sold > 0) & np.isin(market.wash_group[lots.security], bought_groups)
 
     x = np.zeros(p.n_vars)
     jl = np.flatnonzero(p.kind == VarKind.LOT_SELL)

@@ -48,8 +48,8 @@ def orders_to_x(p: HouseholdProblem, hh: Household, lt: LotTax, orders: Orders) 
     """The problem point (units of V) of ``orders``, to evaluate the objective after rounding."""
     x = np.zeros(p.n_vars)
     sold_value = orders.sold * lt.price
-    for j in np.flatnonzero(p.kind == VarKind.LOT_SELL):
-        x[j] = sold_value[p.lot[j]] / p.value
+    j = np.flatnonzero(p.kind == VarKind.LOT_SELL)
+    x[j] = sold_value[p.lot[j]] / p.value
     pos = p.kind == VarKind.POSITION_SELL
     if pos.any():
         key = hh.lots.account.astype(np.int64) * (len(p.securities) + 1) + np.searchsorted(p.securities, hh.lots.security)
@@ -58,8 +58,8 @@ def orders_to_x(p: HouseholdProblem, hh: Household, lt: LotTax, orders: Orders) 
             per[int(key[l])] = per.get(int(key[l]), 0.0) + sold_value[l]
         for j in np.flatnonzero(pos):
             x[j] = per.get(int(p.account[j]) * (len(p.securities) + 1) + int(p.security[j]), 0.0) / p.value
-    for j in np.flatnonzero(p.kind == VarKind.BUY):
-        x[j] = orders.buys[p.account[j], p.security[j]] * p.price[p.security[j]] / p.value
+    j = np.flatnonzero(p.kind == VarKind.BUY)
+    x[j] = orders.buys[p.account[j], p.security[j]] * p.price[p.security[j]] / p.value
     return x
 
 
@@ -78,16 +78,14 @@ def round_solution(market: Market, hh: Household, p: HouseholdProblem, x: np.nda
     x = np.where((p.kind == VarKind.BUY) & (x < dust), 0.0, x)
     full_tol = dust
 
-    # 1. shares
-    for j in np.flatnonzero(p.kind == VarKind.LOT_SELL):
-        l = p.lot[j]
-        if p.lb[j] > 0:
-            forced[l] = True
-        s = x[j] * V / lt.price[l]
-        if p.lb[j] > 0 or _full(x[j], p.ub[j], full_tol) or s >= lots.shares[l] - 1e-6:
-            sold[l] = lots.shares[l] if p.ub[j] > 0 else 0.0
-        elif x[j] >= dust:
-            sold[l] = _round_down(s, frac_lot[l])
+    # 1. shares (each lot has at most one variable)
+    j = np.flatnonzero(p.kind == VarKind.LOT_SELL)
+    l, xj, lbj, ubj = p.lot[j], x[j], p.lb[j], p.ub[j]
+    forced[l[lbj > 0]] = True
+    s = xj * V / lt.price[l]
+    full = (lbj > 0) | ((ubj > 0) & (xj >= ubj - full_tol) & (xj >= 0.5 * ubj)) | (s >= lots.shares[l] - 1e-6)
+    sold[l] = np.where(full, np.where(ubj > 0, lots.shares[l], 0.0),
+                       np.where(xj >= dust, _round_down_all(s, frac_lot[l]), 0.0))
     order = fifo_order(lots.acquired, lots.lot_id)
     for j in np.flatnonzero(p.kind == VarKind.POSITION_SELL):
         a, sec = int(p.account[j]), int(p.securities[p.security[j]])
@@ -110,17 +108,25 @@ def round_solution(market: Market, hh: Household, p: HouseholdProblem, x: np.nda
             if s <= _SHARE_EPS:
                 break
     buys = np.zeros((A, n))
-    for j in np.flatnonzero(p.kind == VarKind.BUY):
-        a, i = p.account[j], p.security[j]
-        s = x[j] * V / p.price[i]
-        buys[a, i] = round(s, 6) if acc.fractional[a] else math.floor(s + 0.5)
+    j = np.flatnonzero(p.kind == VarKind.BUY)
+    a, i = p.account[j], p.security[j]
+    s = x[j] * V / p.price[i]
+    fr = acc.fractional[a]
+    shares = np.floor(s + 0.5)
+    shares[fr] = np.round(s[fr], 6)
+    buys[a, i] = shares
 
     # Net a buy and a sell of one security in one account (interior-point solutions leave
     # both a little above zero): keep the larger side, less the smaller.
     lot_loc = np.searchsorted(p.securities, lots.security)
     cost = np.where(lt.taxable, lt.priced * lt.g_eff, 0.0)
-    for a, i in zip(*np.nonzero(buys > 0)):
-        m = np.flatnonzero((lots.account == a) & (lot_loc == i) & (sold > 0) & ~forced)
+    key = lots.account.astype(np.int64) * n + lot_loc  # (account, security) of each lot
+    selling = np.flatnonzero((sold > 0) & ~forced)
+    both = np.flatnonzero(buys.ravel() > 0)
+    both = both[np.isin(both, key[selling])]
+    for a, i in zip(*np.unravel_index(both, buys.shape)):
+        m = selling[key[selling] == a * n + i]
+        m = m[sold[m] > 0]
         if len(m) == 0:
             continue
         sell_sh = float(sold[m].sum())
@@ -137,18 +143,16 @@ def round_solution(market: Market, hh: Household, p: HouseholdProblem, x: np.nda
                 if left <= _SHARE_EPS:
                     break
 
-    # 2. minimum trade (and numerical dust)
-    for a in range(A):
-        floor_usd = max(acc.min_trade[a], min_weight * V)
-        in_a = lots.account == a
-        for i in np.unique(lot_loc[in_a & (sold > 0)]):
-            m = in_a & (lot_loc == i)
-            v = float(np.sum(sold[m] * lt.price[m]))
-            closes = np.all(sold[m] >= lots.shares[m] - _SHARE_EPS)
-            if v < floor_usd and not forced[m].any() and not closes:
-                sold[m] = 0.0
-        small = (buys[a] * p.price < floor_usd) & (buys[a] > 0)
-        buys[a, small] = 0.0
+    # 2. minimum trade (and numerical dust), per (account, security, side)
+    floor_usd = np.maximum(acc.min_trade, min_weight * V)
+    K = A * n
+    value = np.bincount(key, weights=sold * lt.price, minlength=K)
+    traded = np.bincount(key, weights=sold > 0, minlength=K) > 0
+    forced_any = np.bincount(key, weights=forced, minlength=K) > 0
+    closes = np.bincount(key, weights=sold < lots.shares - _SHARE_EPS, minlength=K) == 0
+    drop = traded & (value < np.repeat(floor_usd, n)) & ~forced_any & ~closes
+    sold[drop[key]] = 0.0
+    buys[(buys * p.price < floor_usd[:, None]) & (buys > 0)] = 0.0
 
     # 3. budget repair, 4. cash repair (twice: a cash fix can need a budget fix and back)
     room = p.budget * V if math.isfinite(p.budget) else math.inf
@@ -167,6 +171,11 @@ def _round_down(s: float, fractional: bool) -> float:
     if s <= 0:
         return 0.0
     return math.floor(s * 1e6 + 1e-6) / 1e6 if fractional else float(math.floor(s + 1e-6))
+
+
+def _round_down_all(s: np.ndarray, fractional: np.ndarray) -> np.ndarray:
+    """:func:`_round_down` of each element."""
+    return np.where(s <= 0, 0.0, np.where(fractional, np.floor(s * 1e6 + 1e-6) / 1e6, np.floor(s + 1e-6)))
 
 
 def _realized(sold, lt: LotTax) -> float:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -140,6 +140,8 @@ class HouseholdProblem:
     n_accounts: int
     lots: LotTax
     account_targets: tuple
+    # Data derived from the risk model (see derived_risk); restrict() and with_budget() share it.
+    risk_derived: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_vars(self) -> int:
@@ -183,6 +185,20 @@ class HouseholdProblem:
             "cash": float(np.max(cash, initial=0.0)),
             "budget": float(max(self.gain @ x - self.budget, 0.0)) if math.isfinite(self.budget) else 0.0,
         }
+
+    def derived_risk(self, name: str, make):
+        """``make(self)`` for a function of the risk model alone (``risk_aversion``,
+        ``exposures``, ``factor_chol``, ``lookthrough``, ``specific_var``), computed once for
+        this problem and the problems :meth:`restrict` and :meth:`with_budget` make from it
+        (a re-solve does not rebuild its risk structure). Checked against the identity of
+        those arrays, so a problem with another risk model never gets a stale value."""
+        key = (self.risk_aversion, id(self.exposures), id(self.factor_chol), id(self.lookthrough), id(self.specific_var))
+        hit = self.risk_derived.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = make(self)
+        self.risk_derived[name] = (key, value)
+        return value
 
     def restrict(self, zero: np.ndarray) -> "HouseholdProblem":
         """The same problem with variables ``zero`` (mask) fixed at 0."""
