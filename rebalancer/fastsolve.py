@@ -195,6 +195,9 @@ def _group(problems, structs, ids) -> tuple[_Group, list]:
         free = p.ub > p.lb + 1e-15
         fixed_x = np.where(free, 0.0, p.lb)
         fi = np.flatnonzero(free)
+        # by (account, security): each cash row and each (security, row) pair is one run of
+        # consecutive variables, which _Ops sums with reduceat (scatters to few bins are slow)
+        fi = fi[np.lexsort((p.security[fi], p.account[fi]))]
         free_idx.append(fi)
         sign = p.sign
         d0[b, :ni] = p.w0 - p.target + np.bincount(p.security, weights=sign * fixed_x, minlength=ni)
@@ -234,6 +237,20 @@ class _Ops:
         self.m = g.h.shape[1]
         self.r = g.W.shape[2]
         self.gs = g.gainb * g.sign
+        m = self.m
+        # Runs of consecutive variables on one cash row (rs: starts, rid: the row, rbud: the
+        # household's budget row): row sums by reduceat, then a scatter of the runs (correct
+        # whatever the order; fast when variables come sorted, see _group).
+        self.rs = _run_starts(g.frow)
+        self.rid, self.rbud = g.frow[self.rs], g.fbrow[self.rs]
+        self.mcell = g.fsec * m + g.frow % m  # cells of M = A E^-1 G' (B, n, m), flat
+        # Delta^-1 S W of the current iteration: written in place each time (a new array of
+        # this size costs more in page faults than the product itself)
+        self._swd = np.empty_like(g.W)
+        self.mbud = g.fsec * m + g.fbrow % m
+        # households with a budget row, and that row
+        self.bh = np.flatnonzero(np.logical_or.reduceat(g.fbrow != g.frow, g.start))
+        self.brow = g.fbrow[g.start[self.bh]]
 
     def segsum(self, v):
         return np.add.reduceat(v, self.g.start)
@@ -263,9 +280,10 @@ class _Ops:
     def G(self, v):
         """(Nt,) -> (B, m): cash rows and budget row."""
         g = self.g
-        L = self.B * self.m
-        return (np.bincount(g.frow, weights=g.sign * v, minlength=L)
-                + np.bincount(g.fbrow, weights=g.gainb * v, minlength=L)).reshape(self.B, self.m)
+        out = np.bincount(self.rid, weights=np.add.reduceat(g.sign * v, self.rs), minlength=self.B * self.m)
+        if len(self.bh):
+            out[self.brow] += self.segsum(g.gainb * v)[self.bh]
+        return out.reshape(self.B, self.m)
 
     def Gt(self, y):
         """(B, m) -> (Nt,)."""
@@ -278,23 +296,28 @@ class _Ops:
         Einv = 1.0 / E
         S = np.bincount(g.fsec, weights=Einv, minlength=B * n).reshape(B, n)
         Delta = 1.0 + S * g.Dp
-        SWd = (S / Delta)[:, :, None] * g.W  # Delta^-1 S W
+        SWd = np.multiply((S / Delta)[:, :, None], g.W, out=self._swd)  # Delta^-1 S W
         core = self.Zt(SWd).copy()
         core[:, np.arange(r), np.arange(r)] += 1.0
         coreinv = _inv(core)
         fac = (Einv, Delta, SWd, coreinv)
         # M = A E^-1 G' (B, n, m) and G E^-1 G' (B, m, m), by scatter: each variable is on one
         # security, one cash row and (with its gain) the budget row.
+        # M by scatters to its many cells; G E^-1 G' from sums over the runs of each row (its
+        # few cells would serialize a scatter). The budget row's cells get 0 where a household
+        # has none (gainb = 0).
+        egs = Einv * self.gs
         nm = B * n * m
-        sec_m = (g.fsec * m) - (g.hh * n * m)  # sec * m within the household
-        base = g.hh * n * m + sec_m
-        M = (np.bincount(base + g.frow % m, weights=Einv, minlength=nm)
-             + np.bincount(base + g.fbrow % m, weights=Einv * self.gs, minlength=nm)).reshape(B, n, m)
-        mm = B * m * m
-        GEG = (np.bincount(g.frow * m + g.frow % m, weights=Einv, minlength=mm)
-               + np.bincount(g.frow * m + g.fbrow % m, weights=Einv * self.gs, minlength=mm)
-               + np.bincount(g.fbrow * m + g.frow % m, weights=Einv * self.gs, minlength=mm)
-               + np.bincount(g.fbrow * m + g.fbrow % m, weights=Einv * g.gainb * g.gainb, minlength=mm)).reshape(B, m, m)
+        M = (np.bincount(self.mcell, weights=Einv, minlength=nm)
+             + np.bincount(self.mbud, weights=egs, minlength=nm)).reshape(B, n, m)
+        r_e, r_g = np.add.reduceat(Einv, self.rs), np.add.reduceat(egs, self.rs)
+        rid, rbud = self.rid, self.rbud
+        cells = [rid * m + rid % m, rid * m + rbud % m, rbud * m + rid % m]
+        vals = [r_e, r_g, r_g]
+        if len(self.bh):
+            cells.append(self.brow * m + self.brow % m)
+            vals.append(self.segsum(Einv * g.gainb * g.gainb)[self.bh])
+        GEG = np.bincount(np.concatenate(cells), weights=np.concatenate(vals), minlength=B * m * m).reshape(B, m, m)
         PMs = self.P(self.solve_sec(fac, M))  # P (I + S P)^-1 A E^-1 G'
         schur = GEG - np.swapaxes(M, 1, 2) @ PMs
         return fac, M, PMs, schur
@@ -307,6 +330,11 @@ class _Ops:
             return t - (SWd @ (coreinv @ self.Zt(t[:, :, None])))[:, :, 0]
         t = rhs / Delta[:, :, None]
         return t - SWd @ (coreinv @ self.Zt(t))
+
+
+def _run_starts(key: np.ndarray) -> np.ndarray:
+    """Starts of the runs of equal consecutive values of ``key`` (non-empty)."""
+    return np.concatenate([[0], np.flatnonzero(key[1:] != key[:-1]) + 1])
 
 
 def _inv(a: np.ndarray) -> np.ndarray:
