@@ -343,7 +343,16 @@ def _inv(a: np.ndarray) -> np.ndarray:
     try:
         return np.linalg.inv(a)
     except np.linalg.LinAlgError:
-        return np.stack([np.linalg.pinv(x) for x in a])
+        out = np.empty_like(a)
+        for i, x in enumerate(a):
+            try:
+                out[i] = np.linalg.inv(x)
+            except np.linalg.LinAlgError:
+                try:
+                    out[i] = np.linalg.pinv(x)
+                except np.linalg.LinAlgError:  # not even an SVD (non-finite entries)
+                    out[i] = np.nan
+        return out
 
 
 def _ratio(v, dv):
@@ -410,7 +419,8 @@ def _solve_group(g: _Group, tolerance: float, start=None):
         done = live & (merit <= 1.0)
         # Rounding has taken over (the Newton systems of a nearly solved problem are very
         # ill-conditioned): stop and keep the best iterate.
-        stop = live & (done | ((merit > 1e3 * best_merit) & (it >= _STALL_FROM)) | (it == MAX_ITER))
+        stop = live & (done | ((merit > 1e3 * best_merit) & (it >= _STALL_FROM)) | (it == MAX_ITER)
+                       | ~np.isfinite(merit))  # an iterate gone non-finite (at a bound in rounding)
         if stop.any():
             sel = stop[g.hh]
             x_out[var_ids[sel]] = best_x[sel]

@@ -122,3 +122,24 @@ def test_the_job_restarts_a_resolve_where_its_first_solve_ended(households):
     resolves = [hid for batch in seen[1:] for hid, warm in batch if warm]
     assert resolves, "no re-solve got a warm start"
     assert sum(r.solves for r in res) == sum(len(b) for b in seen)
+
+
+def test_one_broken_household_does_not_take_the_batch_down(problems):
+    """A household whose Newton matrices go singular or non-finite ends ``failed`` (the job
+    then solves it with the reference); the others of its batch are solved as without it."""
+    import dataclasses
+
+    from rebalancer.fastsolve import _inv
+    good = np.eye(3) * 2.0
+    stack = np.stack([good, np.zeros((3, 3)), np.full((3, 3), np.nan)])
+    out = _inv(stack)
+    assert np.allclose(out[0], np.eye(3) / 2.0)
+    assert np.array_equal(out[1], np.zeros((3, 3)))  # the pseudo-inverse of 0
+    assert np.isnan(out[2]).all()
+    small = [p for p in problems if len(p.securities) < 100][:6]
+    broken = dataclasses.replace(small[2], cost=np.full(len(small[2].cost), np.nan))
+    alone = solve_batch(small[:2] + small[3:])
+    together = solve_batch(small[:2] + [broken] + small[3:])
+    assert together[2].status == "failed"
+    for a, b in zip(alone, together[:2] + together[3:]):
+        assert a.status == b.status and abs(a.objective - b.objective) <= 1e-9
