@@ -70,7 +70,11 @@ _REG = 1e-8
 # small lots start at half their value and whose buys need a larger, better-centred start
 # (measured on a 300-account book: 18 iterations on average instead of 27, no new failures).
 _START = {"dense": (1e-3, 1e-3), "lowrank": (3e-3, 3e-5)}
-_REFINE = 1  # rounds of iterative refinement of each Newton step
+# Rounds of iterative refinement of each corrector step. Dense groups (small fund households)
+# need one; without it low-rank ones (direct-indexed) took the same iterations to the same
+# optima (101 households of the 10,000-account book: all optimal both ways, objectives within
+# 0.009 of the agreement allowance) in 27% less time.
+_REFINE = {"dense": 1, "lowrank": 0}
 # Stopping, in multiples of the tolerance asked (units of household value): dual residual,
 # duality gap (a gap of 1e-6 V is $1 per $1M, far inside the agreement asked of the
 # solver), and the merit up to which a stalled solve is still usable, flagged inaccurate.
@@ -379,7 +383,9 @@ def _solve_group(g: _Group, tolerance: float, start=None):
     ops = _Ops(g)
     fin = g.fin
     span = np.where(fin > 0, g.ub - g.lb, np.inf)
-    x0, mu0 = _START["dense" if g.Zt is None else "lowrank"]
+    kind = "dense" if g.Zt is None else "lowrank"
+    x0, mu0 = _START[kind]
+    refine = _REFINE[kind]
     x = g.lb + np.minimum(0.5 * span, x0)
     s = np.where(g.rv > 0, np.maximum(g.h - ops.G(x), 1e-2), 1.0)
     zl = mu0 / (x - g.lb)
@@ -502,7 +508,7 @@ def _solve_group(g: _Group, tolerance: float, start=None):
         rl = smh - tl * zl - dx * dzl
         ru = fin * (smh - tu * zu + dx * dzu)
         rs = g.rv * (smu[:, None] - s * y - ds * dy)
-        dx, dy, dzl, dzu, ds = direction(rl, ru, rs, _REFINE)
+        dx, dy, dzl, dzu, ds = direction(rl, ru, rs, refine)
         # One step length for primal and dual: the dual residual of a QP depends on x.
         al = np.minimum(1.0, _STEP * step(dx, dy, dzl, dzu, ds))
         al = np.where(live, al, 0.0)
