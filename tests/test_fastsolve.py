@@ -143,3 +143,22 @@ def test_one_broken_household_does_not_take_the_batch_down(problems):
     assert together[2].status == "failed"
     for a, b in zip(alone, together[:2] + together[3:]):
         assert a.status == b.status and abs(a.objective - b.objective) <= 1e-9
+
+
+def test_a_resolve_reuses_the_risk_structure_and_only_of_the_same_risk_model(problems):
+    import dataclasses
+    p = next(p for p in problems if len(p.securities) >= 100)
+    made = []
+
+    def make(q):
+        made.append(q)
+        return risk_structure(q)
+
+    s1 = p.derived_risk("test", make)
+    q = p.restrict(np.zeros(p.n_vars, bool)).with_budget(0.01)
+    assert q.derived_risk("test", make) is s1 and len(made) == 1
+    other = dataclasses.replace(p, specific_var=2.0 * p.specific_var)  # another risk model
+    s2 = other.derived_risk("test", make)
+    assert len(made) == 2 and not np.allclose(s2[1], s1[1])
+    # other shares p's cache (replace copies it) and took its entry: p recomputes its own
+    assert np.array_equal(p.derived_risk("test", make)[1], s1[1]) and len(made) == 3
