@@ -27,7 +27,8 @@ The coupling rows (cash per account, the tax budget) are few: their Schur comple
 ``G K^-1 G' + diag(s / y)`` (m x m per household) is formed from scatters of E^-1 onto
 (security, row) pairs, without solving for each row. Mehrotra's predictor-corrector, one step
 length for primal and dual per household (the dual residual of a QP depends on x), a primal
-regularization of 1e-8 with one round of iterative refinement of the corrector step.
+regularization of 1e-8 with one round of iterative refinement of the corrector step in dense
+groups (none in low-rank ones: ``_REFINE``).
 
 Stopping, per household, in units of household value with ``tol`` the tolerance asked: dual
 residual <= 100 tol, row residual <= tol, duality gap <= 100 tol (1e-6 V at the default
