@@ -595,7 +595,10 @@ def solve_batch(problems: list[HouseholdProblem], tolerance: float = 1e-8,
         start = _group_start(g, free_idx, problems, starts)
         if start is not None:
             warmed[g.ids] = start[-1]
-        (x, zl, zu, y), res = _solve_group(g, tolerance, start)
+        # A household whose iterate reaches a bound in rounding divides by zero: it stops at the
+        # next iterate and keeps its best one (see _solve_group); numpy need not warn about it.
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            (x, zl, zu, y), res = _solve_group(g, tolerance, start)
         for b, i in enumerate(g.ids):
             sl = slice(g.start[b], g.start[b] + len(free_idx[b]))
             xs[i][free_idx[b]], zls[i][free_idx[b]], zus[i][free_idx[b]] = x[sl], zl[sl], zu[sl]
