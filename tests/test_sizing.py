@@ -102,7 +102,7 @@ def test_pod_memory_by_hand():
 def test_pod_memory_from_the_measured_worker_peak():
     tp = Throughput.load(str(CAPACITY_10K))
     # The file is re-measured by every capacity run: read its peak, then do the sum by hand
-    # (at 622,108,672 B: 16 x peak + 1 GiB = 11,027,480,576; x 1.25; + 1 GiB = 14,858,092,544 B = 13.84 GiB).
+    # (e.g. at a 630 MB peak, 16 x peak + 1 GiB, x 1.25, + 1 GiB = 13.99 GiB: 14Gi holds it, 15Gi would be the next step).
     with open(CAPACITY_10K) as f:
         peak = json.load(f)["memory"]["worker_peak_rss_bytes"]
     m = worker_pod_memory(tp, 16)
