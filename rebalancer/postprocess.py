@@ -83,7 +83,7 @@ def round_solution(market: Market, hh: Household, p: HouseholdProblem, x: np.nda
     l, xj, lbj, ubj = p.lot[j], x[j], p.lb[j], p.ub[j]
     forced[l[lbj > 0]] = True
     s = xj * V / lt.price[l]
-    full = (lbj > 0) | ((ubj > 0) & (xj >= ubj - full_tol) & (xj >= 0.5 * ubj)) | (s >= lots.shares[l] - 1e-6)
+    full = (lbj > 0) | _full(xj, ubj, full_tol) | (s >= lots.shares[l] - 1e-6)
     sold[l] = np.where(full, np.where(ubj > 0, lots.shares[l], 0.0),
                        np.where(xj >= dust, _round_down_all(s, frac_lot[l]), 0.0))
     order = fifo_order(lots.acquired, lots.lot_id)
@@ -162,9 +162,10 @@ def round_solution(market: Market, hh: Household, p: HouseholdProblem, x: np.nda
     return Orders(sold=sold, buys=buys, forced=forced)
 
 
-def _full(x: float, ub: float, tol: float) -> bool:
-    """A sale of ``x`` out of ``ub`` that leaves less than ``tol`` (and is most of it)."""
-    return ub > 0 and x >= ub - tol and x >= 0.5 * ub
+def _full(x, ub, tol: float):
+    """A sale of ``x`` out of ``ub`` that leaves less than ``tol`` (and is most of it);
+    elementwise for arrays."""
+    return (ub > 0) & (x >= ub - tol) & (x >= 0.5 * ub)
 
 
 def _round_down(s: float, fractional: bool) -> float:
