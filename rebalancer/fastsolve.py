@@ -249,10 +249,10 @@ class _Ops:
         self.rs = _run_starts(g.frow)
         self.rid, self.rbud = g.frow[self.rs], g.fbrow[self.rs]
         self.mcell = g.fsec * m + g.frow % m  # cells of M = A E^-1 G' (B, n, m), flat
+        self.mbud = g.fsec * m + g.fbrow % m
         # Delta^-1 S W of the current iteration: written in place each time (a new array of
         # this size costs more in page faults than the product itself)
         self._swd = np.empty_like(g.W)
-        self.mbud = g.fsec * m + g.fbrow % m
         # households with a budget row, and that row
         self.bh = np.flatnonzero(np.logical_or.reduceat(g.fbrow != g.frow, g.start))
         self.brow = g.fbrow[g.start[self.bh]]
