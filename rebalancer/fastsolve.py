@@ -63,7 +63,12 @@ __all__ = ["SOLVER_NAME", "solve_fast", "solve_batch", "risk_structure"]
 
 SOLVER_NAME = "fast"
 MAX_ITER = 80
-_GROUP_CELLS = 4_000_000  # B * n * r of one group's dense blocks (32 MB per array)
+# B * n * r of one group's dense blocks. Small fund households (dense, n of a few dozen) gain
+# from large batches (numpy's per-call overhead is shared); direct-indexed ones (low-rank, n
+# about 530, r about 50) from blocks that stay in cache: measured on the 101 of them in 400
+# households of the 10,000-account book, 2.42 s at 4M cells (B about 150), 2.06 at 500k,
+# 1.84-1.89 at 150k (B about 6), 2.25 at 30k, 2.30 one at a time.
+_GROUP_CELLS = {"dense": 4_000_000, "lowrank": 150_000}
 _STEP = 0.99  # fraction to the boundary
 _REG = 1e-8
 # The starting point: trades at min(half their range, x0), complementarity mu0 (units of V).
@@ -360,14 +365,6 @@ def _inv(a: np.ndarray) -> np.ndarray:
         return out
 
 
-def _ratio(v, dv):
-    """Largest step t with v + t dv >= 0, elementwise (inf where dv >= 0)."""
-    out = np.full(v.shape, np.inf)
-    neg = dv < 0
-    np.divide(v, -dv, out=out, where=neg)
-    return out
-
-
 def _solve_group(g: _Group, tolerance: float, start=None):
     """Interior-point iterations on one group. Returns the best iterate (x, zl, zu flat in the
     group's original variable order; y (B, m)) and per household (in ``g.ids`` order of the
@@ -487,12 +484,17 @@ def _solve_group(g: _Group, tolerance: float, start=None):
             ds = g.rv * (rs - s * dy) / np.where(g.rv > 0, y, 1.0)
             return dx, dy, dzl, dzu, ds
 
+        zu1 = zu + (1.0 - fin)  # zu, 1 where there is no upper bound (its dzu is 0)
+
         def step(dx, dy, dzl, dzu, ds):
-            t = np.minimum(np.minimum(_ratio(tl, dx), _ratio(tu, -dx * fin)),
-                           np.minimum(_ratio(zl, dzl), _ratio(zu, dzu * fin)))
-            a = ops.segmin(t)
-            rows = np.minimum(_ratio(s, ds), _ratio(y, dy))
-            return np.minimum(a, np.min(np.where(g.rv > 0, rows, np.inf), axis=1))
+            # The largest step keeping every bound slack and dual >= 0, as 1 / the fastest rate
+            # at which any of them shrinks (one division per vector; fmax skips NaN rates as the
+            # ratios did).
+            rate = np.fmax(np.fmax(-dx / tl, dx * fin / tu), np.fmax(-dzl / zl, -dzu / zu1))
+            top = np.fmax.reduceat(rate, g.start)
+            rows = np.where(g.rv > 0, np.fmax(-ds / s, -dy / np.where(g.rv > 0, y, 1.0)), 0.0)
+            top = np.fmax(top, np.max(rows, axis=1))
+            return np.divide(1.0, top, out=np.full(top.shape, np.inf), where=top > 0)
 
         # predictor
         # The predictor only sets the centering: no refinement (the corrector's step is taken).
@@ -557,7 +559,7 @@ def _chunks(problems, structs, ids):
             n0 = len(problems[cur[0]].securities)
             r0 = structs[cur[0]][1].shape[1]
             if (dense[i] != dense[cur[0]] or n > 1.25 * n0 + 8 or r > 1.25 * r0 + 8
-                    or (len(cur) + 1) * n * r > _GROUP_CELLS):
+                    or (len(cur) + 1) * n * r > _GROUP_CELLS["dense" if dense[i] else "lowrank"]):
                 out.append(cur)
                 cur = []
         cur.append(i)
