@@ -124,6 +124,41 @@ def test_the_job_restarts_a_resolve_where_its_first_solve_ended(households):
     assert sum(r.solves for r in res) == sum(len(b) for b in seen)
 
 
+def test_a_failed_fund_household_is_solved_again_with_the_robust_settings(problems, monkeypatch):
+    """A small fund household that fails gets a second solve with more refinement (the job's
+    fallback to the reference is the last resort); its result agrees with the reference."""
+    from rebalancer import fastsolve
+    small = [p for p in problems if len(p.securities) < 100][:5]
+    plain = fastsolve._solve_group
+    calls = []
+
+    def failing_unless_robust(g, tolerance, start=None, robust=False):
+        calls.append(robust)
+        out, res = plain(g, tolerance, start, robust)
+        if not robust:  # as if every household stalled far from its optimum
+            res["optimal"][:] = False
+            res["merit"][:] = 1e6
+        return out, res
+
+    monkeypatch.setattr(fastsolve, "_solve_group", failing_unless_robust)
+    out = solve_batch(small)
+    assert True in calls and False in calls
+    for p, r in zip(small, out):
+        assert r.status.usable and "robust settings" in r.message, (p.household_id, r.message)
+        ref = solve_reference(p)
+        assert abs(r.objective - ref.objective) <= max(1e-3 * abs(ref.objective), 1e-5), p.household_id
+    # a household that fails with the robust settings too stays failed: the job's fallback decides
+    monkeypatch.setattr(fastsolve, "_solve_group", lambda g, t, s=None, robust=False: _failed(plain(g, t, s, robust)))
+    assert all(r.status == "failed" for r in solve_batch(small[:2]))
+
+
+def _failed(solved):
+    out, res = solved
+    res["optimal"][:] = False
+    res["merit"][:] = 1e6
+    return out, res
+
+
 def test_one_broken_household_does_not_take_the_batch_down(problems):
     """A household whose Newton matrices go singular or non-finite ends ``failed`` (the job
     then solves it with the reference); the others of its batch are solved as without it."""
