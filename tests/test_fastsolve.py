@@ -34,11 +34,21 @@ def problems(households):
 
 
 def test_risk_structure_is_exact(problems):
-    for p in problems[:10]:
+    import dataclasses
+    big = next(p for p in problems if len(p.securities) >= 100)
+    lt = big.lookthrough.copy()
+    single = np.flatnonzero(np.count_nonzero(lt, axis=1) == 1)
+    # three securities on one risk asset (share classes): coupled off the diagonal outside the
+    # ETFs, so two of them must join the hubs
+    lt[single[:3]] = 0.0
+    lt[single[:3], np.argmax(big.lookthrough[single[0]] != 0)] = [1.0, 0.5, 2.0]
+    shared = dataclasses.replace(big, lookthrough=lt)
+    for p in [*problems[:10], big, shared]:
         Dp, W, Z = risk_structure(p)
         P = 2 * p.risk_aversion * (p.exposures @ p.factor_cov @ p.exposures.T
                                    + p.lookthrough @ np.diag(p.specific_var) @ p.lookthrough.T)
         assert np.abs(np.diag(Dp) + W @ Z.T - P).max() <= 1e-10 * max(1.0, np.abs(P).max())
+    assert risk_structure(shared)[1].shape[1] == risk_structure(big)[1].shape[1] + 4  # rank k + 2 |E|
 
 
 def test_batched_solver_agrees_with_the_reference(problems):
