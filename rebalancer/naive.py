@@ -22,11 +22,15 @@ from .taxlots import fifo_order
 
 __all__ = ["NaiveRebalance", "naive_rebalance"]
 
+# As plain ints: numpy compares an array with an IntEnum member 4x slower (4 us, not 1).
+_LOT_SELL, _POSITION_SELL, _BUY = int(VarKind.LOT_SELL), int(VarKind.POSITION_SELL), int(VarKind.BUY)
+
 
 @dataclass(frozen=True, eq=False)
 class NaiveRebalance:
     """x : (N,) the counterfactual trades as a point of the household problem (units of V).
-    lot_sold : (L,) value sold of each lot, USD. bought : dict (account, position) -> USD.
+    lot_sold : (L,) value sold of each lot, USD. bought : dict (account, position) -> USD
+    (Python ints and floats).
     loss_disallowed : (L,) lots whose loss the naive trades would have disallowed.
     """
     x: np.ndarray
@@ -36,64 +40,128 @@ class NaiveRebalance:
 
 
 def naive_rebalance(market: Market, hh: Household, p: HouseholdProblem) -> NaiveRebalance:
-    """The naive trades of ``hh``, as a point of ``p`` (whose account targets it follows)."""
+    """The naive trades of ``hh``, as a point of ``p`` (whose account targets it follows).
+
+    Per account: each held security above its desired value (``max(value - reserve, 0)``
+    times its target weight) is sold down to it, lot by lot first-in-first-out, securities in
+    the order of their first lot; then every target security below its desired value that the
+    account may buy is bought up to it, all buys scaled down alike when cash after the sales
+    would fall under the reserve.
+
+    The whole household is done at once with arrays over (account, security) slots (400
+    households of the 10k book: 0.76 ms a household with loops per account, security and lot,
+    0.30 ms this way). Every sum is still taken one term after the other in the order the rule
+    reads it (a security's lots FIFO, an account's sales in sale order, its buys in target
+    order), by ``ufunc.accumulate`` along the rows of zero-padded tables (as wide as the most
+    lots one sale or one account needs): the same floats as the loops.
+    """
     acc, lots = hh.accounts, hh.lots
-    V = p.value
-    price = market.price[lots.security]
-    lot_value = lots.shares * price
-    values = np.bincount(lots.account, weights=lot_value, minlength=hh.n_accounts) + acc.cash
-    lot_sold = np.zeros(len(lots))
-    bought: dict[tuple[int, int], float] = {}
-    jb = np.flatnonzero(p.kind == VarKind.BUY)
-    buy_var = dict(zip(zip(p.account[jb].tolist(), p.securities[p.security[jb]].tolist()), jb.tolist()))
+    A, n, V, L = hh.n_accounts, len(p.securities), p.value, len(lots)
+    lot_value = lots.shares * market.price[lots.security]
+    values = np.bincount(lots.account, weights=lot_value, minlength=A) + acc.cash
+    investable = values - acc.reserve
+    investable = np.where(0.0 > investable, 0.0, investable)  # max(., 0.0): NaN stays NaN
+
+    # Slot ``account * n + i`` is (account, security p.securities[i]); the household's held
+    # and target securities are all in p.securities.
+    t_acc = np.repeat(np.arange(A), [len(pos) for pos, _ in p.account_targets])
+    t_pos = np.concatenate([pos for pos, _ in p.account_targets]).astype(np.int64, copy=False)
+    t_slot = t_acc * n + np.searchsorted(p.securities, t_pos)
+    desired = investable[t_acc] * np.concatenate([w for _, w in p.account_targets])
+    desired_at = np.zeros(A * n)
+    desired_at[t_slot] = desired
+
+    # Lots in account then FIFO order; value held per slot, summed in that order.
     order = fifo_order(lots.acquired, lots.lot_id)
-    for a in range(hh.n_accounts):
-        pos, w = p.account_targets[a]
-        investable = max(values[a] - acc.reserve[a], 0.0)
-        desired = dict(zip(pos.tolist(), (investable * w).tolist()))
-        in_a = order[lots.account[order] == a]
-        # value held per security, in order of first appearance (sums in FIFO order)
-        sec_a = lots.security[in_a]
-        u, first, inv = np.unique(sec_a, return_index=True, return_inverse=True)
-        sums = np.bincount(inv, weights=lot_value[in_a], minlength=len(u))
-        by_first = np.argsort(first, kind="stable")
-        held: dict[int, float] = dict(zip(u[by_first].tolist(), sums[by_first].tolist()))
-        never_sell = set(acc.never_sell[a].tolist())
-        cash = acc.cash[a]
-        for s, h in held.items():
-            excess = h - desired.get(s, 0.0)
-            if excess <= 0 or s in never_sell:
-                continue
-            for l in in_a[lots.security[in_a] == s]:  # FIFO
-                take = min(lot_value[l], excess)
-                lot_sold[l] = take
-                excess -= take
-                cash += take
-                if excess <= 1e-9:
-                    break
-        wants = {s: d - held.get(s, 0.0) for s, d in desired.items() if d - held.get(s, 0.0) > 0}
-        wants = {s: v for s, v in wants.items() if (a, s) in buy_var}
-        total = sum(wants.values())
-        room = cash - acc.reserve[a]
-        scale = min(1.0, room / total) if total > 0 else 0.0
-        for s, v in wants.items():
-            if v * scale > 0:
-                bought[(a, s)] = v * scale
+    order = order[np.argsort(lots.account[order], kind="stable")]
+    lot_slot = lots.account * n + np.searchsorted(p.securities, lots.security)
+    slot = lot_slot[order]
+    held = np.bincount(slot, weights=lot_value[order], minlength=A * n)
+    n_lots = np.bincount(slot, minlength=A * n)
+
+    # Sales: a held slot sells its excess over the desired value unless never-sold.
+    sells = ~(held - desired_at <= 0) & (n_lots > 0)  # ~(<= 0): a NaN excess sells too
+    for a, ns in enumerate(acc.never_sell):
+        if len(ns):
+            i = np.searchsorted(p.securities, ns)
+            ok = i < n
+            i = i[ok]
+            sells[a * n + i[p.securities[i] == ns[ok]]] = False  # only those it holds matter
+    first = np.full(A * n, L)
+    np.minimum.at(first, slot, np.arange(L))
+    # One row per selling slot, in order of its first lot: its excess, then its lots' values
+    # FIFO, zero-padded. Along a row e[k] is the excess left after lot k: lot k sells whole
+    # when e[k-1] >= its value (else the rest, e[k-1], and selling stops), and selling stops
+    # once e[k] <= 1e-9.
+    sel = np.flatnonzero(sells[slot])
+    sel = sel[np.argsort(first[slot[sel]], kind="stable")]
+    new_row = np.ones(len(sel), bool)
+    new_row[1:] = slot[sel[1:]] != slot[sel[:-1]]
+    row = np.cumsum(new_row) - 1
+    row_slot = slot[sel[new_row]]
+    starts = np.flatnonzero(new_row)
+    n_lots = n_lots[row_slot]
+    k = np.arange(len(sel)) - starts[row]
+    width = int(n_lots.max(initial=0))
+    table = np.zeros((len(row_slot), width + 1))
+    table[:, 0] = held[row_slot] - desired_at[row_slot]
+    table[row, k + 1] = lot_value[order[sel]]
+    e = np.subtract.accumulate(table, axis=1)
+    whole = ~(e[:, :-1] < table[:, 1:])  # min(value, excess) is the value
+    reached = np.ones(whole.shape, bool)
+    reached[:, 1:] = np.logical_and.accumulate(whole[:, :-1] & ~(e[:, 1:-1] <= 1e-9), axis=1)
+    sold = reached & (np.arange(width) < n_lots[:, None])
+    take = np.where(whole, table[:, 1:], e[:, :-1])[sold]  # row-major: sale order
+    sold_lot = np.zeros(whole.shape, np.int64)
+    sold_lot[row, k] = order[sel]
+    lot_sold = np.zeros(L)
+    lot_sold[sold_lot[sold]] = take
+
+    # Buys: what each target slot lacks, where the account may buy it, all scaled down alike
+    # when cash after the sales would fall under the reserve.
+    jb = np.flatnonzero(p.kind == _BUY)
+    buy_var = np.full(A * n, -1)
+    buy_var[p.account[jb] * n + p.security[jb]] = jb
+    want = desired - held[t_slot]
+    w_ix = np.flatnonzero((want > 0) & (buy_var[t_slot] >= 0))
+    # Cash after the sales (rows 0..A-1) and the total wanted (rows A..2A-1), each summed
+    # term by term in order.
+    sums = _running_totals(np.concatenate([acc.cash, np.zeros(A)]),
+                           np.concatenate([np.repeat(row_slot // n, sold.sum(axis=1)), A + t_acc[w_ix]]),
+                           np.concatenate([take, want[w_ix]]), 2 * A)
+    cash, total = sums[:A], sums[A:]
+    ratio = np.divide(cash - acc.reserve, total, out=np.zeros(A), where=total > 0)
+    scale = np.where(total > 0, np.where(ratio < 1.0, ratio, 1.0), 0.0)  # min(1.0, ratio): NaN gives 1.0
+    amount = want[w_ix] * scale[t_acc[w_ix]]
+    b_ix = w_ix[amount > 0]
+    amount = amount[amount > 0]
+    bought = dict(zip(zip(t_acc[b_ix].tolist(), t_pos[b_ix].tolist()), amount.tolist()))
 
     # In-run wash sales of the naive trades: a loss sale of a group it also buys is disallowed.
-    bought_groups = [int(market.wash_group[s]) for (_, s) in bought]
-    run_disallowed = (lot_sold > 0) & np.isin(market.wash_group[lots.security], bought_groups)
+    group_bought = np.zeros(len(market.wash_group_names), bool)
+    group_bought[market.wash_group[t_pos[b_ix]]] = True
+    run_disallowed = (lot_sold > 0) & group_bought[market.wash_group[lots.security]]
 
+    # x: a taxable lot's sale on its own variable, an IRA lot's on its position's (summed in
+    # lot order), a buy on its own.
+    jl = np.flatnonzero(p.kind == _LOT_SELL)
+    jp = np.flatnonzero(p.kind == _POSITION_SELL)
+    lot_var = np.full(L, -1)
+    lot_var[p.lot[jl]] = jl
+    pos_var = np.full(A * n, -1)
+    pos_var[p.account[jp] * n + p.security[jp]] = jp
+    ls = np.flatnonzero(lot_sold > 0)
+    var = np.where(acc.account_type[lots.account[ls]] == TAXABLE, lot_var[ls], pos_var[lot_slot[ls]])
     x = np.zeros(p.n_vars)
-    jl = np.flatnonzero(p.kind == VarKind.LOT_SELL)
-    lot_var = dict(zip(p.lot[jl].tolist(), jl.tolist()))
-    jp = np.flatnonzero(p.kind == VarKind.POSITION_SELL)
-    pos_var = dict(zip(zip(p.account[jp].tolist(), p.securities[p.security[jp]].tolist()), jp.tolist()))
-    for l in np.flatnonzero(lot_sold > 0):
-        if acc.account_type[lots.account[l]] == TAXABLE:
-            x[lot_var[int(l)]] += lot_sold[l] / V
-        else:
-            x[pos_var[(int(lots.account[l]), int(lots.security[l]))]] += lot_sold[l] / V
-    for (a, s), v in bought.items():
-        x[buy_var[(a, s)]] += v / V
+    np.add.at(x, np.concatenate([var, buy_var[t_slot[b_ix]]]), np.concatenate([lot_sold[ls], amount]) / V)
     return NaiveRebalance(x=x, lot_sold=lot_sold, bought=bought, loss_disallowed=p.lots.disallowed | run_disallowed)
+
+
+def _running_totals(start: np.ndarray, group: np.ndarray, terms: np.ndarray, n: int) -> np.ndarray:
+    """(n,) ``start[g]`` plus the ``terms`` of group g, added one at a time in their order, as
+    a Python ``+=`` loop adds them (``np.add.reduce`` would sum pairwise). ``group`` ascending."""
+    count = np.bincount(group, minlength=n)
+    table = np.zeros((n, int(count.max(initial=0)) + 1))
+    table[:, 0] = start
+    table[group, np.arange(1, len(group) + 1) - np.searchsorted(group, group)] = terms
+    return np.add.accumulate(table, axis=1)[np.arange(n), count]

@@ -265,35 +265,42 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
     lot_value, lot_gain, priced, g_eff = lt.value, lt.gain, lt.priced, lt.g_eff
     V = float(lot_value.sum() + acc.cash.sum())  # > 0: household_target checked it
 
-    # The household's securities: held, targeted, and buyable substitutes of its funds.
-    held = np.unique(lots.security)
-    base = np.union1d(held, tgt_pos)
-    funds = base[market.kind[base] != "stock"]
-    if len(funds):
-        classes = set(market.asset_class[funds])
-        subs = np.flatnonzero((market.kind != "stock") & np.isin(market.asset_class, list(classes))
-                              & np.isfinite(market.price) & (market.price > 0))
-        base = np.union1d(base, subs)
-    secs = base
+    # The household's securities: held, targeted, and buyable substitutes of its funds (any
+    # fund of the asset class of one it holds or targets), as a mask over the market's (an
+    # np.isin over the S asset-class strings and two np.union1d took 0.1 ms a household).
+    fund, buyable, asset_class = market.derived("problem.securities", _security_facts)
+    mine = np.zeros(market.n, bool)
+    mine[lots.security] = True
+    mine[tgt_pos] = True
+    if (mine & fund).any():
+        classes = np.zeros(asset_class.max(initial=-1) + 1, bool)
+        classes[asset_class[mine & fund]] = True
+        mine |= fund & buyable & classes[asset_class]
+    secs = np.flatnonzero(mine)
     n = len(secs)
     target = np.zeros(n)
     target[np.searchsorted(secs, tgt_pos)] = tgt_w
+    lot_sec_local = np.searchsorted(secs, lots.security)
     w0 = np.zeros(n)
-    np.add.at(w0, np.searchsorted(secs, lots.security), lot_value / V)
+    np.add.at(w0, lot_sec_local, lot_value / V)
 
     tax_weight = max(hh.tax_sensitivity, settings.sensitivity_floor)
     half_spread = market.spread[secs] / 2.0
-    drag_rate = np.select([market.income_class[secs] == 0, market.income_class[secs] == 1],
-                          [hh.long_term_rate + hh.state_rate, hh.short_term_rate + hh.state_rate], 0.0)
+    income_class = market.income_class[secs]
+    drag_rate = np.where(income_class == 0, hh.long_term_rate + hh.state_rate,
+                         np.where(income_class == 1, hh.short_term_rate + hh.state_rate, 0.0))
     drag = market.yield_[secs] * drag_rate  # per dollar held a year, in a taxable account
 
     kinds, accts, sec_l, lot_l, lb, ub, cost, gain, loss = ([] for _ in range(9))
 
     def add(kind, a, s, lot, lo, hi, c, g, is_loss):
-        kinds.append(np.full(len(s), kind, np.int8)); accts.append(np.full(len(s), a, np.int64) if np.isscalar(a) else a)
+        kinds.append(np.full(len(s), int(kind), np.int8)); accts.append(np.full(len(s), a, np.int64) if np.isscalar(a) else a)
         sec_l.append(s); lot_l.append(lot); lb.append(lo); ub.append(hi); cost.append(c); gain.append(g); loss.append(is_loss)
 
-    lot_sec_local = np.searchsorted(secs, lots.security)
+    # What no account may buy is the same for all of them; np.isin is skipped for the empty
+    # never-sell and never-buy lists of nearly every account (it takes 10-15 us even then).
+    wash_group = market.wash_group[secs]
+    may_buy = ~wash.blocked(wash_group) & buyable[secs]
     constant = 0.0
     for a in range(A):
         excluded = market.screened(acc.screens[a])
@@ -304,8 +311,8 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
             idx = np.flatnonzero(in_a)
             s_loc = lot_sec_local[idx]
             hi = lot_value[idx] / V
-            hi = np.where(np.isin(lots.security[idx], never_sell), 0.0, hi)
-            lo = np.zeros(len(idx))
+            if len(never_sell):
+                hi = np.where(np.isin(lots.security[idx], never_sell), 0.0, hi)
             scr = excluded[lots.security[idx]] & (hi > 0)
             if settings.divestment == Divestment.IMMEDIATE:
                 lo = np.where(scr, hi, 0.0)
@@ -320,15 +327,16 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
             ps = np.unique(lots.security[in_a])
             if len(ps):
                 pv = np.bincount(np.searchsorted(ps, lots.security[in_a]), weights=lot_value[in_a], minlength=len(ps)) / V
-                hi = np.where(np.isin(ps, never_sell), 0.0, pv)
+                hi = np.where(np.isin(ps, never_sell), 0.0, pv) if len(never_sell) else pv
                 scr = excluded[ps] & (hi > 0)
                 lo = np.where(scr, hi, 0.0)  # no tax in these accounts: a screen always divests at once
                 s_loc = np.searchsorted(secs, ps)
                 add(VarKind.POSITION_SELL, a, s_loc, np.full(len(ps), -1), lo, hi, tax_weight * half_spread[s_loc],
                     np.zeros(len(ps)), np.zeros(len(ps), bool))
         # Buys: any security of the household's universe the account may buy.
-        ok = ~excluded[secs] & ~np.isin(secs, never_buy) & ~wash.blocked(market.wash_group[secs])
-        ok &= np.isfinite(market.price[secs]) & (market.price[secs] > 0)
+        ok = ~excluded[secs] & may_buy
+        if len(never_buy):
+            ok &= ~np.isin(secs, never_buy)
         b = np.flatnonzero(ok)
         c = tax_weight * (half_spread[b] + (drag[b] if acc.account_type[a] == TAXABLE else 0.0)
                           + np.where(target[b] > 0, 0.0, settings.substitute_cost))
@@ -358,7 +366,8 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
     X = market.risk.exposures[secs]
     F = market.risk.factor_cov
     _, Lk, d = market.lookthrough(secs)
-    chol = _psd_factor(F)
+    # Shared by every problem of the market, read-only (5 us a household).
+    chol = market.derived("problem.factor_chol", lambda m: _read_only(_psd_factor(m.risk.factor_cov)))
     N = len(kind)
     return HouseholdProblem(
         household_id=hh.household_id, date=date, value=V, risk_aversion=settings.risk_aversion, tax_weight=tax_weight,
@@ -366,9 +375,22 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
         lookthrough=Lk, specific_var=d, kind=kind, account=account, security=security,
         lot=np.concatenate(lot_l).astype(np.int64), lb=lb_, ub=ub_, cost=np.concatenate(cost),
         impact=np.full(N, tax_weight * settings.impact), gain=np.concatenate(gain),
-        loss_sale=np.concatenate(loss).astype(bool), wash_group=market.wash_group[secs][security],
+        loss_sale=np.concatenate(loss).astype(bool), wash_group=wash_group[security],
         cash_rhs=cash_rhs, budget=room / V, constant=constant, n_accounts=A, lots=lt,
         account_targets=tuple(account_targets))
+
+
+def _security_facts(market: Market) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(S,) masks of funds (anything but a stock) and of securities with a price > 0, and a
+    code per asset class: what every household's universe is drawn from."""
+    codes: dict = {}
+    asset_class = np.array([codes.setdefault(c, len(codes)) for c in market.asset_class.tolist()], np.int64)
+    return (market.kind != "stock"), np.isfinite(market.price) & (market.price > 0), asset_class
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 def _psd_factor(F: np.ndarray) -> np.ndarray:
