@@ -422,7 +422,8 @@ def _solve_group(g: _Group, tolerance: float, start=None, robust: bool = False):
         better = live & (merit < best_merit)
         if better.any():
             sel = better[g.hh]
-            best_x[sel], best_zl[sel], best_zu[sel] = x[sel], zl[sel], zu[sel]
+            for best, now in ((best_x, x), (best_zl, zl), (best_zu, zu)):
+                np.copyto(best, now, where=sel)  # no gather and scatter of the masked entries
             best_y[better] = y[better]
             best_merit[better] = merit[better]
             res["best_it"][pos[better]] = it
