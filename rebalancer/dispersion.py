@@ -61,19 +61,22 @@ def account_figures(p: HouseholdProblem, hh: Household, x_after: np.ndarray, x_n
     for a, (pos, w) in enumerate(p.account_targets):
         target[a, np.searchsorted(p.securities, pos)] = np.asarray(w) * investable[a] / safe[a]
 
-    def figures(x):
-        h = held
-        if x is not None:
-            h = held + np.bincount(p.account * n + p.security, weights=p.sign * x * V, minlength=A * n).reshape(A, n)
-        active = h / safe[:, None] - target
-        active[value <= 0] = 0.0
-        f = (active @ p.exposures) @ p.factor_chol
-        s = active @ p.lookthrough
-        var = np.sum(f * f, axis=1) + np.sum(s * s * p.specific_var[None, :], axis=1)
-        cash_active = -active.sum(axis=1)  # cash after minus cash targeted (the reserve)
-        return np.sqrt(np.maximum(var, 0.0)), 0.5 * (np.abs(active).sum(axis=1) + np.abs(cash_active))
-
-    (tb, ab), (ta, aa), (tn, an) = figures(None), figures(x_after), figures(x_naive)
+    # The three stages stacked (3, A, n): the elementwise work and the row sums once, not once
+    # per stage (0.37 -> 0.33 ms a household on the 10k book; most of what is left is the
+    # look-through product, (n, m) = (530, 530) for a household of direct-indexed stocks).
+    # The products with the risk model stay one (A, n) matrix per stage: BLAS may round a
+    # product of (3A, n) rows differently.
+    ix, sign = p.account * n + p.security, p.sign
+    h = np.stack([held] + [held + np.bincount(ix, weights=sign * x * V, minlength=A * n).reshape(A, n)
+                           for x in (x_after, x_naive)])
+    active = h / safe[:, None] - target
+    active[:, value <= 0] = 0.0
+    f = np.stack([(a @ p.exposures) @ p.factor_chol for a in active])
+    s = np.stack([a @ p.lookthrough for a in active])
+    var = np.sum(f * f, axis=2) + np.sum(s * s * p.specific_var, axis=2)
+    cash_active = -active.sum(axis=2)  # cash after minus cash targeted (the reserve)
+    (tb, ta, tn) = np.sqrt(np.maximum(var, 0.0))
+    (ab, aa, an) = 0.5 * (np.abs(active).sum(axis=2) + np.abs(cash_active))
     return AccountFigures(value=value, te_before=tb, te_after=ta, te_naive=tn,
                           active_before=ab, active_after=aa, active_naive=an)
 
