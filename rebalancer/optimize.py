@@ -464,27 +464,6 @@ class _WashGroups:
         return modes
 
 
-# One problem at a time, for callers outside a run (tests/test_fastsolve.py rebuilds the
-# job's re-solves with these); a run keeps one _WashGroups per household instead.
-def _conflicts(p: HouseholdProblem, x: np.ndarray) -> dict[int, str]:
-    """Groups both bought and sold at a loss by ``x``, with the direction to give them."""
-    wg = _WashGroups(p)
-    buys, losses, bought, lost = wg.flows(x)
-    i = np.flatnonzero(bought & lost)
-    return {g: ("sell" if l >= b else "buy")
-            for g, b, l in zip(wg.groups[i].tolist(), buys[i].tolist(), losses[i].tolist())}
-
-
-def _directions(p: HouseholdProblem, x: np.ndarray) -> dict[int, str]:
-    """:meth:`_WashGroups.directions` of ``p`` and ``x``."""
-    return _WashGroups(p).directions(p, x)
-
-
-def _mode_mask(p: HouseholdProblem, modes: dict[int, str]) -> np.ndarray:
-    """:meth:`_WashGroups.mode_mask` of ``p``."""
-    return _WashGroups(p).mode_mask(modes)
-
-
 def _settle_directions(p: HouseholdProblem, r: SolveResult, solve, modes: dict[int, str], wg: _WashGroups):
     """If ``r`` buys a group and sells it at a loss, give every group that could do both a
     direction (:meth:`_WashGroups.directions`, ``modes`` first) and solve once more: the

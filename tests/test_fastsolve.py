@@ -70,11 +70,12 @@ def test_batched_solver_agrees_with_the_reference(problems):
 def _resolves(problems):
     """The wash-sale re-solves the job makes: each problem whose first solve both buys and
     sells a group at a loss, with the directions fixed, and that first solve."""
-    from rebalancer.optimize import _conflicts, _directions, _mode_mask
+    from rebalancer.optimize import _WashGroups
     out = []
     for p, r in zip(problems, solve_batch(problems)):
-        if r.status.usable and _conflicts(p, r.x):
-            out.append((p.restrict(_mode_mask(p, _directions(p, r.x))), r))
+        wg = _WashGroups(p)
+        if r.status.usable and wg.conflicts(r.x):
+            out.append((p.restrict(wg.mode_mask(wg.directions(p, r.x))), r))
     return out
 
 
