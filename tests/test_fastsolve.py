@@ -67,6 +67,32 @@ def test_batched_solver_agrees_with_the_reference(problems):
     assert usable >= 0.95 * len(problems)
 
 
+def test_the_recentred_start_is_strictly_inside_and_only_where_asked(problems):
+    """Mehrotra's start (fastsolve._recentre) from any affine direction, however far past the
+    bounds: every bound slack, row slack and dual strictly positive; households not asked
+    keep their point exactly."""
+    from rebalancer import fastsolve as F
+    big = [p for p in problems if len(p.securities) >= 100][:3]
+    g, _ = F._group(big, [F.risk_structure(p) for p in big], list(range(len(big))))
+    ops = F._Ops(g)
+    span = np.where(g.fin > 0, g.ub - g.lb, np.inf)
+    x = g.lb + np.minimum(0.5 * span, 1e-3)
+    s = np.where(g.rv > 0, 1e-2, 1.0)
+    point = (x, s, 1e-3 / (x - g.lb), g.fin * 1e-3 / np.where(g.fin > 0, g.ub - x, 1.0), g.rv * 1e-1)
+    rng = np.random.default_rng(5)
+    which = np.array([True, False, True])
+    for scale in (1e-4, 1.0, 1e3):
+        aff = tuple(rng.normal(scale=scale, size=v.shape) for v in point)
+        xn, sn, zln, zun, yn = F._recentre(g, ops, which, point, aff, F._RECENTRE["lowrank"])
+        on, rows = which[g.hh], g.rv > 0
+        assert np.all(xn[on] > g.lb[on]) and np.all(((xn < g.ub) | (g.fin == 0))[on])
+        assert np.all(zln[on] > 0) and np.all(zun[on & (g.fin > 0)] > 0) and not np.any(zun[g.fin == 0])
+        assert np.all(sn[which][rows[which]] > 0) and np.all(yn[which][rows[which]] > 0)
+        for new, old in zip((xn, zln, zun), point[:1] + point[2:4]):
+            assert np.array_equal(new[~on], old[~on])
+        assert np.array_equal(sn[~which], s[~which]) and np.array_equal(yn[~which], point[4][~which])
+
+
 def _resolves(problems):
     """The wash-sale re-solves the job makes: each problem whose first solve both buys and
     sells a group at a loss, with the directions fixed, and that first solve."""
