@@ -19,9 +19,11 @@ P = 2 lambda (X F X' + L D L') the risk matrix on the household's n securities. 
 so each Newton step needs one n x n system. P is split once per problem into a diagonal
 plus a low-rank part, ``P = Dp + W Z'`` (W, Z: n x r): the factor model gives rank k, and
 the look-through of an ETF to its constituents couples it with the stocks it holds (rank 2
-per such ETF). Then ``I + S P = Delta + (S W) Z'`` with Delta diagonal and Woodbury leaves an
-r x r system: O(n r^2) per iteration instead of O(n^3). Where the low-rank part would not be
-smaller than n (small fund households), W = P and Z = I: the dense n x n system.
+per such ETF, r = k + 2 |E|). Then ``I + S P = Delta + (S W) Z'`` with Delta diagonal and
+Woodbury leaves an r x r system; half of an ETF's rank-2 pair is a unit vector, so that
+system is reduced exactly to order k + |E| (``_Ops._lowrank_core``): O(n (k + |E|)^2) per
+iteration instead of O(n^3). Where the low-rank part would not be smaller than n (small fund
+households), W = P and Z = I: the dense n x n system.
 
 The coupling rows (cash per account, the tax budget) are few: their Schur complement
 ``G K^-1 G' + diag(s / y)`` (m x m per household) is formed from scatters of E^-1 onto
@@ -179,10 +181,15 @@ class _Group:
     q2: np.ndarray      # 2 * impact
     d0: np.ndarray      # (B, n) active weights at x = 0 (fixed variables folded in)
     Dp: np.ndarray      # (B, n)
-    W: np.ndarray       # (B, n, r)
-    Zt: np.ndarray | None  # (B, r, n); None for a dense group (W = P, Z = I)
+    W: np.ndarray       # (B, n, n) P in a dense group; (B, n, k + e) [W1 W3] in a low-rank one
+    Zt: np.ndarray | None  # (B, k + e, n) [Z1 Z2]'; None in a dense group
     h: np.ndarray       # (B, m) row right-hand sides (1 on padded rows)
     rv: np.ndarray      # (B, m) float 1.0 where the row exists
+    # Low-rank groups: the hubs (padded to e, the group's most; see _Ops.factor), None in a
+    # dense group. The padding's slot is the group's last security slot, which no household uses.
+    hub: np.ndarray | None = None  # (B, e) security slot of each hub
+    w2: np.ndarray | None = None   # (B, e) W2's entry of each hub (2 lambda), 0 on padding
+    Wh: np.ndarray | None = None   # (B, e, k) W1's rows of the hubs
 
     @property
     def B(self) -> int:
@@ -200,7 +207,8 @@ class _Group:
             ids=self.ids[keep], start=start, hh=hh, fsec=hh * n + self.fsec[vm] % n, frow=hh * m + self.frow[vm] % m,
             fbrow=hh * m + self.fbrow[vm] % m, sign=self.sign[vm], gainb=self.gainb[vm], lb=self.lb[vm], ub=self.ub[vm],
             fin=self.fin[vm], c=self.c[vm], q2=self.q2[vm], d0=self.d0[keep], Dp=self.Dp[keep], W=self.W[keep],
-            Zt=None if self.Zt is None else self.Zt[keep], h=self.h[keep], rv=self.rv[keep]), vm
+            Zt=None if self.Zt is None else self.Zt[keep], h=self.h[keep], rv=self.rv[keep],
+            **({} if self.hub is None else {"hub": self.hub[keep], "w2": self.w2[keep], "Wh": self.Wh[keep]})), vm
 
 
 def _is_dense(struct) -> bool:
@@ -211,14 +219,23 @@ def _is_dense(struct) -> bool:
 
 def _group(problems, structs, ids) -> tuple[_Group, list]:
     """Stack problems ``ids`` (each with at least one free variable) into one group."""
-    n = max(len(problems[i].securities) for i in ids)
-    r = max(structs[i][1].shape[1] for i in ids)
+    dense = all(_is_dense(structs[i]) for i in ids)
+    # a low-rank group has one security slot more than its largest household: the hubs' padding
+    n = max(len(problems[i].securities) for i in ids) + (0 if dense else 1)
     m = max(problems[i].n_accounts + 1 for i in ids)
     B = len(ids)
     d0, Dp = np.zeros((B, n)), np.zeros((B, n))
-    dense = all(_is_dense(structs[i]) for i in ids)
-    W, Zt = np.zeros((B, n, r)), None if dense else np.zeros((B, r, n))
     h, rv = np.ones((B, m)), np.zeros((B, m))
+    if dense:
+        W, Zt, hubs = np.zeros((B, n, n)), None, {}
+    else:
+        # P = Dp + W1 Z1' + W2 Z2' + W3 Z3' (risk_structure): W1 = 2 lambda XC = 2 lambda Z1,
+        # W2 = 2 lambda I_E, W3 = U2, Z2 = V1, Z3 = I_E; k factors, E hubs.
+        ks = [problems[i].factor_chol.shape[1] for i in ids]
+        es = [(structs[i][1].shape[1] - kb) // 2 for i, kb in zip(ids, ks)]
+        kg, eg = max(ks), max(es)
+        W, Zt = np.zeros((B, n, kg + eg)), np.zeros((B, kg + eg, n))
+        hubs = {"hub": np.full((B, eg), n - 1), "w2": np.zeros((B, eg)), "Wh": np.zeros((B, eg, kg))}
     parts, free_idx = [], []
     for b, i in enumerate(ids):
         p = problems[i]
@@ -234,9 +251,16 @@ def _group(problems, structs, ids) -> tuple[_Group, list]:
         sign = p.sign
         d0[b, :ni] = p.w0 - p.target + np.bincount(p.security, weights=sign * fixed_x, minlength=ni)
         Dp[b, :ni] = dp
-        W[b, :ni, :w.shape[1]] = w
-        if not dense:
-            Zt[b, :z.shape[1], :ni] = z.T
+        if dense:
+            W[b, :ni, :ni] = w
+        else:
+            kb, eb = ks[b], es[b]
+            hub = np.argmax(z[:, kb + eb:], axis=0)
+            W[b, :ni, :kb], W[b, :ni, kg:kg + eb] = w[:, :kb], w[:, kb + eb:]
+            Zt[b, :kb, :ni], Zt[b, kg:kg + eb, :ni] = z[:, :kb].T, z[:, kb:kb + eb].T
+            hubs["hub"][b, :eb] = hub
+            hubs["w2"][b, :eb] = w[hub, kb + np.arange(eb)]
+            hubs["Wh"][b, :eb, :kb] = w[hub, :kb]
         h[b, :A] = p.cash_rhs - np.bincount(p.account, weights=sign * fixed_x, minlength=A)
         rv[b, :A] = 1.0
         has_b = math.isfinite(p.budget)
@@ -256,7 +280,7 @@ def _group(problems, structs, ids) -> tuple[_Group, list]:
                fsec=cols[1].astype(np.int64), frow=cols[2].astype(np.int64), fbrow=cols[3].astype(np.int64),
                sign=cols[4].astype(float), gainb=cols[5].astype(float), lb=cols[6].astype(float),
                ub=np.where(fin, ub, 0.0), fin=fin.astype(float), c=cols[8].astype(float), q2=cols[9].astype(float),
-               d0=d0, Dp=Dp, W=W, Zt=Zt, h=h, rv=rv)
+               d0=d0, Dp=Dp, W=W, Zt=Zt, h=h, rv=rv, **hubs)
     return g, free_idx
 
 
@@ -267,7 +291,6 @@ class _Ops:
         self.g = g
         self.B, self.n = g.d0.shape
         self.m = g.h.shape[1]
-        self.r = g.W.shape[2]
         self.gs = g.gainb * g.sign
         m = self.m
         # Runs of consecutive variables on one cash row (rs: starts, rid: the row, rbud: the
@@ -277,9 +300,13 @@ class _Ops:
         self.rid, self.rbud = g.frow[self.rs], g.fbrow[self.rs]
         self.mcell = g.fsec * m + g.frow % m  # cells of M = A E^-1 G' (B, n, m), flat
         self.mbud = g.fsec * m + g.fbrow % m
-        # Delta^-1 S W of the current iteration: written in place each time (a new array of
-        # this size costs more in page faults than the product itself)
-        self._swd = np.empty_like(g.W)
+        # Delta^-1 S W (dense) or [Z1 Z2]' Delta^-1 S (low-rank) of the current iteration:
+        # written in place each time (a new array of this size costs more in page faults than
+        # the product itself)
+        self._buf = np.empty_like(g.W if g.hub is None else g.Zt)
+        if g.hub is not None:
+            self.k = g.Wh.shape[2]
+            self.hflat = np.arange(self.B)[:, None] * self.n + g.hub  # (B, e) into (B * n)
         # households with a budget row, and that row
         self.bh = np.flatnonzero(np.logical_or.reduceat(g.fbrow != g.frow, g.start))
         self.brow = g.fbrow[g.start[self.bh]]
@@ -299,15 +326,25 @@ class _Ops:
         return self.g.sign * u.ravel()[self.g.fsec]
 
     def P(self, u):
-        """Risk matrix times (B, n) or (B, n, k)."""
+        """Risk matrix times (B, n) or (B, n, c)."""
         g = self.g
-        if u.ndim == 2:
-            return g.Dp * u + (g.W @ self.Zt(u[:, :, None]))[:, :, 0]
-        return g.Dp[:, :, None] * u + g.W @ self.Zt(u)
+        if g.hub is None:
+            return g.Dp * u + (g.W @ u[:, :, None])[:, :, 0] if u.ndim == 2 else g.Dp[:, :, None] * u + g.W @ u
+        U = u[:, :, None] if u.ndim == 2 else u
+        z = g.Zt @ U  # [Z1 Z2]' u; Z3' u is u at the hubs
+        out = g.Dp[:, :, None] * U + self._w(z[:, :self.k], self._at_hubs(U), z[:, self.k:])
+        return out[:, :, 0] if u.ndim == 2 else out
 
-    def Zt(self, u):
-        """Z' u for u (B, n, k); Z = I in a dense group."""
-        return u if self.g.Zt is None else self.g.Zt @ u
+    def _at_hubs(self, U):
+        """(B, n, c) -> (B, e, c): the hubs' rows."""
+        return U.reshape(self.B * self.n, -1)[self.hflat]
+
+    def _w(self, v1, v3, v2):
+        """W v for v in W's column blocks (W1: v1, W3: v3, W2 = 2 lambda I_E: v2), (B, n, c)."""
+        out = self.g.W @ np.concatenate([v1, v3], axis=1)
+        # the hubs of a household are distinct; its padding (w2 = 0) all on the unused last slot
+        out.reshape(self.B * self.n, -1)[self.hflat] += self.g.w2[:, :, None] * v2
+        return out
 
     def G(self, v):
         """(Nt,) -> (B, m): cash rows and budget row."""
@@ -324,15 +361,18 @@ class _Ops:
 
     def factor(self, E):
         """Everything the Newton solves of this iteration share, for the diagonal E (Nt,)."""
-        g, B, n, m, r = self.g, self.B, self.n, self.m, self.r
+        g, B, n, m = self.g, self.B, self.n, self.m
         Einv = 1.0 / E
         S = np.bincount(g.fsec, weights=Einv, minlength=B * n).reshape(B, n)
         Delta = 1.0 + S * g.Dp
-        SWd = np.multiply((S / Delta)[:, :, None], g.W, out=self._swd)  # Delta^-1 S W
-        core = self.Zt(SWd).copy()
-        core[:, np.arange(r), np.arange(r)] += 1.0
-        coreinv = _inv(core)
-        fac = (Einv, Delta, SWd, coreinv)
+        if g.hub is None:
+            r = n
+            SWd = np.multiply((S / Delta)[:, :, None], g.W, out=self._buf)  # Delta^-1 S P
+            core = SWd.copy()
+            core[:, np.arange(r), np.arange(r)] += 1.0
+            fac = (Einv, Delta, SWd, _inv(core))
+        else:
+            fac = (Einv, Delta, *self._lowrank_core(S / Delta))
         # M = A E^-1 G' (B, n, m) and G E^-1 G' (B, m, m), by scatter: each variable is on one
         # security, one cash row and (with its gain) the budget row.
         # M by scatters to its many cells; G E^-1 G' from sums over the runs of each row (its
@@ -354,14 +394,47 @@ class _Ops:
         schur = GEG - np.swapaxes(M, 1, 2) @ PMs
         return fac, M, PMs, schur
 
+    def _lowrank_core(self, t):
+        """The Woodbury core ``I + Z' T W`` (T = diag(t), t = Delta^-1 S) of a low-rank group,
+        reduced to what solve_sec needs. In Z's row blocks [Z1 Z2 | Z3] and W's column blocks
+        [W1 W2 | W3] the core is [[Adq, Adp], [Ahq, I]]: Z3 = I_E pairs with W3 = U2, which is
+        0 on the hubs' rows, so that block is exactly I, and Ahq = [t_E W1[E], diag(t_E w2)].
+        Eliminating it leaves the Schur complement ``Adq - Adp Ahq`` of order k + e (35 for a
+        direct-indexed household against 50: (k+e)^2 n flops for the product instead of
+        (k+2e)^2 n, a third of the inverse), with a unit pivot: no loss of accuracy. Measured
+        against the r x r core on the 101 direct-indexed households of 400 of the 10,000-account
+        book: first solves 7% and warm re-solves 11% faster (medians of 3 interleaved), the same
+        iterations, objectives within 0.0007 of the agreement allowance."""
+        g, B, k = self.g, self.B, self.k
+        ZT = np.multiply(g.Zt, t[:, None, :], out=self._buf)  # [Z1 Z2]' T
+        prod = ZT @ g.W  # [Z1 Z2]' T [W1 W3]
+        th = t.reshape(-1)[self.hflat]  # (B, e)
+        tw = th * g.w2
+        adq = prod  # written in place: its W1 columns are Adq's, its W3 columns Adp
+        adp = prod[:, :, k:].copy()
+        adq[:, :, k:] = np.take_along_axis(ZT, g.hub[:, None, :], axis=2) * g.w2[:, None, :]  # Z' T W2
+        d = np.arange(adq.shape[1])
+        adq[:, d, d] += 1.0
+        e = g.hub.shape[1]
+        ahq = np.zeros((B, e, adq.shape[1]))
+        ahq[:, :, :k] = th[:, :, None] * g.Wh
+        ahq[:, np.arange(e), k + np.arange(e)] = tw
+        return t, _inv(adq - adp @ ahq), adp, ahq
+
     def solve_sec(self, fac, rhs):
-        """(I + S P)^-1 rhs for rhs (B, n) or (B, n, k) (Woodbury on P = Dp + W Z')."""
-        _, Delta, SWd, coreinv = fac
-        if rhs.ndim == 2:
-            t = rhs / Delta
-            return t - (SWd @ (coreinv @ self.Zt(t[:, :, None])))[:, :, 0]
-        t = rhs / Delta[:, :, None]
-        return t - SWd @ (coreinv @ self.Zt(t))
+        """(I + S P)^-1 rhs for rhs (B, n) or (B, n, c) (Woodbury on P = Dp + W Z')."""
+        Delta = fac[1]
+        U = (rhs / Delta)[:, :, None] if rhs.ndim == 2 else rhs / Delta[:, :, None]
+        if self.g.hub is None:
+            SWd, coreinv = fac[2:]
+            out = U - SWd @ (coreinv @ U)
+        else:
+            t, sinv, adp, ahq = fac[2:]
+            bd, bh = self.g.Zt @ U, self._at_hubs(U)  # Z' U in Z's row blocks
+            vq = sinv @ (bd - adp @ bh)
+            vp = bh - ahq @ vq
+            out = U - t[:, :, None] * self._w(vq[:, :self.k], vp, vq[:, self.k:])
+        return out[:, :, 0] if rhs.ndim == 2 else out
 
 
 def _run_starts(key: np.ndarray) -> np.ndarray:
