@@ -165,7 +165,8 @@ def risk_structure(p: HouseholdProblem) -> tuple[np.ndarray, np.ndarray, np.ndar
 @dataclass
 class _Group:
     """Flat arrays of a group of problems' free variables, households contiguous, and
-    per-household blocks padded to the group's n (securities), m (rows) and r (rank)."""
+    per-household blocks padded to the group's n (securities), m (rows) and, in a low-rank group,
+    k (factors) and e (hubs)."""
     ids: np.ndarray     # (B,) index of each household in the caller's list
     start: np.ndarray   # (B,) offset of each household's first variable
     hh: np.ndarray      # (Nt,) household of each variable, nondecreasing
@@ -185,7 +186,7 @@ class _Group:
     Zt: np.ndarray | None  # (B, k + e, n) [Z1 Z2]'; None in a dense group
     h: np.ndarray       # (B, m) row right-hand sides (1 on padded rows)
     rv: np.ndarray      # (B, m) float 1.0 where the row exists
-    # Low-rank groups: the hubs (padded to e, the group's most; see _Ops.factor), None in a
+    # Low-rank groups: the hubs (padded to e, the group's most; see _Ops._lowrank_core), None in a
     # dense group. The padding's slot is the group's last security slot, which no household uses.
     hub: np.ndarray | None = None  # (B, e) security slot of each hub
     w2: np.ndarray | None = None   # (B, e) W2's entry of each hub (2 lambda), 0 on padding
@@ -366,10 +367,9 @@ class _Ops:
         S = np.bincount(g.fsec, weights=Einv, minlength=B * n).reshape(B, n)
         Delta = 1.0 + S * g.Dp
         if g.hub is None:
-            r = n
             SWd = np.multiply((S / Delta)[:, :, None], g.W, out=self._buf)  # Delta^-1 S P
             core = SWd.copy()
-            core[:, np.arange(r), np.arange(r)] += 1.0
+            core[:, np.arange(n), np.arange(n)] += 1.0
             fac = (Einv, Delta, SWd, _inv(core))
         else:
             fac = (Einv, Delta, *self._lowrank_core(S / Delta))
