@@ -53,17 +53,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import fastkernel
 from .problem import HouseholdProblem
 from .solution import SolveResult, SolveStatus, WarmStart
 
 __all__ = ["SOLVER_NAME", "solve_fast", "solve_batch", "risk_structure"]
 
 SOLVER_NAME = "fast"
+# How low-rank (direct-indexed) households iterate: "compiled" (fastkernel, numba) where numba
+# is installed, else "numpy"; REBALANCER_FAST_KERNEL overrides it (for comparisons).
+KERNEL = os.environ.get("REBALANCER_FAST_KERNEL") or ("compiled" if fastkernel.AVAILABLE else "numpy")
 MAX_ITER = 80
 # B * n * r of one group's dense blocks. Small fund households (dense, n of a few dozen) gain
 # from large batches (numpy's per-call overhead is shared); direct-indexed ones (low-rank, n
@@ -720,10 +725,13 @@ def _chunks(problems, structs, ids):
 
 
 def solve_batch(problems: list[HouseholdProblem], tolerance: float = 1e-8,
-                starts: list[WarmStart | None] | None = None, *, robust: bool = False) -> list[SolveResult]:
+                starts: list[WarmStart | None] | None = None, *, robust: bool = False,
+                kernel: str | None = None) -> list[SolveResult]:
     """Solve every problem of the batch together; one :class:`SolveResult` per problem, each
     with its final iterate as ``start``. ``starts[i]``, where given, is a warm start for
-    problem i: the final iterate of a problem with the same variables."""
+    problem i: the final iterate of a problem with the same variables. ``kernel``: how
+    low-rank (direct-indexed) households iterate, ``"compiled"`` (:mod:`.fastkernel`) or
+    ``"numpy"`` (the batched iterations here); by default :data:`KERNEL`."""
     if not problems:
         return []
     if starts is not None and len(starts) != len(problems):
@@ -740,10 +748,21 @@ def solve_batch(problems: list[HouseholdProblem], tolerance: float = 1e-8,
     rd = np.zeros(len(problems))
     optimal = np.ones(len(problems), bool)  # a problem with nothing free is solved
     todo = [i for i, p in enumerate(problems) if np.any(p.ub > p.lb + 1e-15)]
+    compiled = []
+    if _use_compiled(kernel):
+        compiled, todo = todo, []
     groups = [_group(problems, structs, ids) for ids in _chunks(problems, structs, todo)]
+    items = [_kernel_item(problems[i], structs[i], None if starts is None else starts[i], robust) for i in compiled]
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     warmed = np.zeros(len(problems), bool)
+    if compiled:
+        for i, item, (x, zl, zu, y, mr, it, bi, r, opt) in zip(
+                compiled, items, fastkernel.solve_households(items, tolerance, _kernel_params())):
+            fi = item["free"]
+            xs[i][fi], zls[i][fi], zus[i][fi] = x, zl, zu
+            ys[i][:len(y)] = y
+            merit[i], iters[i], best_it[i], rd[i], optimal[i], warmed[i] = mr, it, bi, r, opt, item["warm"]
     for g, free_idx in groups:
         start = _group_start(g, free_idx, problems, starts)
         if start is not None:
@@ -780,11 +799,81 @@ def solve_batch(problems: list[HouseholdProblem], tolerance: float = 1e-8,
     # failed gets the robust settings. The better result is kept, with the time of both.
     again = [i for i, r in enumerate(out) if warmed[i] and r.status != SolveStatus.OPTIMAL]
     if again:
-        _keep_better(out, again, solve_batch([problems[i] for i in again], tolerance), "cold, after a warm start")
+        _keep_better(out, again, solve_batch([problems[i] for i in again], tolerance, kernel=kernel),
+                     "cold, after a warm start")
     again = [] if robust else [i for i, r in enumerate(out) if r.status == SolveStatus.FAILED and _is_dense(structs[i])]
     if again:
-        _keep_better(out, again, solve_batch([problems[i] for i in again], tolerance, robust=True), "robust settings, after")
+        _keep_better(out, again, solve_batch([problems[i] for i in again], tolerance, robust=True, kernel=kernel),
+                     "robust settings, after")
     return out
+
+
+def _use_compiled(kernel: str | None) -> bool:
+    kernel = kernel or KERNEL
+    if kernel not in ("compiled", "numpy"):
+        raise ValueError(f"unknown fast-solver kernel {kernel!r}: 'compiled' or 'numpy'")
+    if kernel == "compiled" and not fastkernel.AVAILABLE:
+        raise RuntimeError("the compiled kernel needs numba, which is not installed")
+    return kernel == "compiled"
+
+
+def _kernel_params() -> tuple:
+    """The iteration settings shared by every household, in the order fastkernel._household
+    takes them."""
+    shift, floor = _RECENTRE["lowrank"] or (0.0, 0.0)
+    return (int(MAX_ITER), float(_STEP), float(_REG), float(_WARM_SHIFT), float(_WARM_MU), float(_WARM_ROW),
+            float(_DUAL_TOL), float(_GAP_TOL), int(_STALL_FROM), float(shift), float(floor))
+
+
+def _kernel_item(p: HouseholdProblem, struct, start: WarmStart | None, robust: bool) -> dict:
+    """One household's arrays and settings for fastkernel.solve_households: its free variables
+    (in their order in p); the risk structure as P = Dp + W Z' with W's blocks [W1 W3], Z's
+    [Z1 Z2] (transposed), the hubs and W2's entries (a dense household: Dp = 0, W = P, Z = I
+    given as a (0, n) Zct, no hubs, k = n); the rows (cash per account, then the budget row where there is one); its
+    warm start (low-rank households only, as _group_start) and its kind's start and refinement."""
+    free = p.ub > p.lb + 1e-15
+    fixed_x = np.where(free, 0.0, p.lb)
+    fi = np.flatnonzero(free)
+    dp, w, z = struct
+    n, A = len(p.securities), p.n_accounts
+    dense = _is_dense(struct)
+    if dense:
+        k, e, hub = n, 0, np.zeros(0, np.int64)
+        Wc, Zct = np.ascontiguousarray(w), np.zeros((0, n))  # Z = I
+    else:
+        k = p.factor_chol.shape[1]
+        e = (w.shape[1] - k) // 2
+        hub = np.argmax(z[:, k + e:], axis=0)
+        Wc = np.ascontiguousarray(np.hstack([w[:, :k], w[:, k + e:]]))
+        Zct = np.ascontiguousarray(np.hstack([z[:, :k], z[:, k:k + e]]).T)
+    has_b = math.isfinite(p.budget)
+    sign = p.sign
+    h = p.cash_rhs - np.bincount(p.account, weights=sign * fixed_x, minlength=A)
+    if has_b:
+        h = np.append(h, p.budget - float(p.gain @ fixed_x))
+    ub = p.ub[fi]
+    fin = np.isfinite(ub)
+    kind = "dense" if dense else "lowrank"
+    x0, mu0 = _ROBUST["start"] if robust else _START[kind]
+    item = dict(
+        free=fi, sec=p.security[fi], row=p.account[fi], sign=sign[fi].astype(float),
+        gb=p.gain[fi].astype(float) if has_b else np.zeros(len(fi)), lb=p.lb[fi].astype(float),
+        ub=np.where(fin, ub, 0.0), fin=fin.astype(float), c=p.cost[fi].astype(float), q2=2.0 * p.impact[fi],
+        d0=p.w0 - p.target + np.bincount(p.security, weights=sign * fixed_x, minlength=n), Dp=np.asarray(dp, float),
+        Wc=Wc, Zct=Zct, hub=hub, w2=w[hub, k + np.arange(e)] if e else np.zeros(0), k=k, h=h,
+        brow=A if has_b else -1, warm=False, x0=x0, mu0=mu0, refine=_ROBUST["refine"] if robust else _REFINE[kind])
+    nv, m = len(fi), len(h)
+    item.update(wx=np.zeros(nv), wzl=np.zeros(nv), wzu=np.zeros(nv), wy=np.zeros(m))
+    if start is not None and not dense:
+        if len(start.x) != len(p.lb) or len(start.y) != A + 1:
+            raise ValueError(f"household {p.household_id}: warm start of {len(start.x)} variables and "
+                             f"{len(start.y)} rows for a problem of {len(p.lb)} and {A + 1}")
+        parts = (start.x[fi], start.zl[fi], start.zu[fi], start.y[:m])
+        if all(np.all(np.isfinite(v)) for v in parts):  # else an iterate that went astray: start cold
+            item.update(wx=parts[0], wzl=parts[1], wzu=parts[2], wy=parts[3], warm=True)
+    item["recentre"] = (not robust and _RECENTRE[kind] is not None and not item["warm"]
+                        and nv >= _RECENTRE_MIN_VARS)
+    return item
 
 
 def _keep_better(out: list[SolveResult], again: list[int], second: list[SolveResult], how: str) -> None:

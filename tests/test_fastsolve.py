@@ -33,6 +33,15 @@ def problems(households):
     return [build_problem(market, h, OptimizerSettings()) for h in hhs]
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def kernel(request, monkeypatch):
+    """Both ways the fast solver iterates: the compiled kernel (fastkernel, the default) and
+    the batched numpy iterations (where numba is missing)."""
+    from rebalancer import fastsolve
+    monkeypatch.setattr(fastsolve, "KERNEL", request.param)
+    return request.param
+
+
 def test_risk_structure_is_exact(problems):
     import dataclasses
     big = next(p for p in problems if len(p.securities) >= 100)
@@ -51,7 +60,7 @@ def test_risk_structure_is_exact(problems):
     assert risk_structure(shared)[1].shape[1] == risk_structure(big)[1].shape[1] + 4  # rank k + 2 |E|
 
 
-def test_batched_solver_agrees_with_the_reference(problems):
+def test_batched_solver_agrees_with_the_reference(problems, kernel):
     small = [p for p in problems if len(p.securities) < 100]
     big = [p for p in problems if len(p.securities) >= 100]
     assert small and big  # fund households and direct-indexed ones
@@ -133,7 +142,7 @@ def _resolves(problems):
     return out
 
 
-def test_warm_restart_agrees_with_a_cold_one_in_fewer_iterations(problems):
+def test_warm_restart_agrees_with_a_cold_one_in_fewer_iterations(problems, kernel):
     big = [p for p in problems if len(p.securities) >= 100]
     pairs = _resolves(big)
     assert len(pairs) >= 5
@@ -148,7 +157,7 @@ def test_warm_restart_agrees_with_a_cold_one_in_fewer_iterations(problems):
     assert sum(w.iterations for w in warm) <= 0.75 * sum(c.iterations for c in cold)
 
 
-def test_a_bad_warm_start_costs_time_not_the_answer(problems):
+def test_a_bad_warm_start_costs_time_not_the_answer(problems, kernel):
     from rebalancer.solution import WarmStart
     big = [p for p in problems if len(p.securities) >= 100][:4]
     cold = solve_batch(big)
@@ -193,6 +202,7 @@ def test_a_failed_fund_household_is_solved_again_with_the_robust_settings(proble
     """A small fund household that fails gets a second solve with more refinement (the job's
     fallback to the reference is the last resort); its result agrees with the reference."""
     from rebalancer import fastsolve
+    monkeypatch.setattr(fastsolve, "KERNEL", "numpy")  # the numpy iterations; the compiled ones below
     small = [p for p in problems if len(p.securities) < 100][:5]
     plain = fastsolve._solve_group
     calls = []
@@ -217,6 +227,66 @@ def test_a_failed_fund_household_is_solved_again_with_the_robust_settings(proble
     assert all(r.status == "failed" for r in solve_batch(small[:2]))
 
 
+def test_the_compiled_kernel_retries_a_failed_fund_household_with_the_robust_settings(problems, monkeypatch):
+    from rebalancer import fastkernel, fastsolve
+    monkeypatch.setattr(fastsolve, "KERNEL", "compiled")
+    small = [p for p in problems if len(p.securities) < 100][:5]
+    plain = fastkernel.solve_households
+    calls = []
+
+    def failing_unless_robust(items, tolerance, params):
+        robust = [it["refine"] == fastsolve._ROBUST["refine"] and it["x0"] == fastsolve._ROBUST["start"][0]
+                  for it in items]
+        calls.extend(robust)
+        return [o if r else (*o[:4], 1e6, o[5], o[6], o[7], False) for o, r in zip(plain(items, tolerance, params), robust)]
+
+    monkeypatch.setattr(fastkernel, "solve_households", failing_unless_robust)
+    out = solve_batch(small)
+    assert True in calls and False in calls
+    for p, r in zip(small, out):
+        assert r.status.usable and "robust settings" in r.message, (p.household_id, r.message)
+        ref = solve_reference(p)
+        assert abs(r.objective - ref.objective) <= max(1e-3 * abs(ref.objective), 1e-5), p.household_id
+
+
+def test_the_compiled_kernel_iterates_as_the_numpy_one(problems):
+    """The same method: direct-indexed households take the same iterations to the same optima
+    (their arithmetic differs only in order); fund households, whose flat optimal faces make
+    the last iterations sensitive to rounding, reach the same optima, and no fewer of them
+    optimal (the compiled kernel solves by LU factors where numpy inverts)."""
+    big = [p for p in problems if len(p.securities) >= 100]
+    small = [p for p in problems if len(p.securities) < 100]
+    for group in (big, small):
+        c, n = solve_batch(group, kernel="compiled"), solve_batch(group, kernel="numpy")
+        ok = 0
+        for p, a, b in zip(group, c, n):
+            if a.status.usable and b.status.usable:
+                ok += 1
+                assert abs(a.objective - b.objective) <= max(1e-3 * abs(b.objective), 1e-5), p.household_id
+        assert ok >= 0.95 * len(group)
+        assert sum(a.status == "optimal" for a in c) >= sum(b.status == "optimal" for b in n)
+        if group is big:
+            same = sum(a.message == b.message for a, b in zip(c, n))
+            assert same >= 0.9 * len(group), [(a.message, b.message) for a, b in zip(c, n)]
+    with pytest.raises(ValueError, match="unknown fast-solver kernel 'fortran'"):
+        solve_batch(big[:1], kernel="fortran")
+
+
+def test_the_kernels_lu_factors_solve_and_refuse_singular_matrices():
+    from rebalancer.fastkernel import _lu, _lu_solve
+    rng = np.random.default_rng(3)
+    for n in (1, 5, 50):
+        a = rng.normal(size=(n, n))
+        a[0] *= 1e-3  # a small leading pivot: pivoting must swap
+        b = rng.normal(size=(n, 4))
+        lu, piv, x = a.copy(), np.zeros(n, np.int64), b.copy()
+        assert _lu(lu, piv)
+        _lu_solve(lu, piv, x)
+        assert np.abs(a @ x - b).max() <= 1e-10 * np.abs(b).max() * np.linalg.cond(a)
+    for bad in (np.zeros((3, 3)), np.array([[1.0, 2.0], [2.0, 4.0]]), np.full((2, 2), np.nan), np.diag([np.inf, 1.0])):
+        assert not _lu(bad.copy(), np.zeros(len(bad), np.int64))
+
+
 def _failed(solved):
     out, res = solved
     res["optimal"][:] = False
@@ -224,7 +294,7 @@ def _failed(solved):
     return out, res
 
 
-def test_one_broken_household_does_not_take_the_batch_down(problems):
+def test_one_broken_household_does_not_take_the_batch_down(problems, kernel):
     """A household whose Newton matrices go singular or non-finite ends ``failed`` (the job
     then solves it with the reference); the others of its batch are solved as without it."""
     import dataclasses
