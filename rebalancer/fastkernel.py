@@ -547,3 +547,4 @@ def solve_households(items, tolerance: float, params: tuple):
         out.append((x[v], zl[v], zu[v], y[rr], float(merit[b]), int(iters[b]), int(best_it[b]), float(rd[b]),
                     bool(optimal[b])))
     return out
+
