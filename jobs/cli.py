@@ -19,6 +19,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import datetime as dt  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
@@ -190,13 +191,20 @@ def add_run_args(r: argparse.ArgumentParser) -> None:
     _s3_args(r)
 
 
+def _json_only_on_stdout(json_out: bool):
+    """With --json, whatever the run prints (Ray's forwarded worker and raylet lines: "Task
+    Progress.report failed..." under load) goes to stderr, so stdout is the JSON alone."""
+    return contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext()
+
+
 def cmd_run(args) -> int:
     from cluster.driver import RunRequest, run_book
 
     req = RunRequest(book=args.book, out=args.out, run_id=args.run_id, date=args.date, address=args.address,
                      solver=args.solver, shard_work=args.shard_work, max_in_flight=args.max_in_flight,
                      num_cpus=args.num_cpus, s3=_s3(args))
-    outcome = run_book(req, stream=None if args.quiet else sys.stderr)
+    with _json_only_on_stdout(args.json):
+        outcome = run_book(req, stream=None if args.quiet else sys.stderr)
     print(json.dumps(outcome.summary, indent=2, sort_keys=True) if args.json else outcome.text)
     return 0 if outcome.complete else 3
 
@@ -243,7 +251,8 @@ def cmd_capacity(args) -> int:
                           solver=args.solver, shard_work=args.shard_work, max_in_flight=args.max_in_flight,
                           s3=_s3(args), per_kind=args.sample, mix=args.sample_mix, sample_buckets=args.sample_buckets,
                           sample_seed=args.sample_seed, docs=None if args.no_docs else args.docs)
-    report = run_capacity(req, stream=None if args.quiet else sys.stderr)
+    with _json_only_on_stdout(args.json):
+        report = run_capacity(req, stream=None if args.quiet else sys.stderr)
     print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_report(report))
     return 0 if report["run"]["complete"] else 3
 

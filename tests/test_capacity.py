@@ -194,3 +194,32 @@ def test_cli_parses():
     p = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "capacity_test.py"), "--help"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and "--accounts" in p.stdout and "--sample-mix" in p.stdout
+
+
+@pytest.mark.parametrize("command", ["run", "capacity"])
+def test_json_output_is_the_json_alone_whatever_ray_prints(command, monkeypatch, capsys, tmp_path):
+    """With --json, lines printed during the run (Ray forwards worker and raylet lines to the
+    driver's stdout: "Task Progress.report failed..." under load) go to stderr."""
+    import cluster.capacity
+    import cluster.driver
+
+    noise = "(raylet) Task Progress.report failed. There are infinite retries remaining"
+
+    def run_book(req, stream=None):
+        print(noise)
+        return cluster.driver.RunOutcome(run_id="r", uri="u", complete=True, summary={"ok": 1}, text="text")
+
+    def run_capacity(req, stream=None):
+        print(noise)
+        return {"run": {"complete": True}, "ok": 1}
+
+    monkeypatch.setattr(cluster.driver, "run_book", run_book)
+    monkeypatch.setattr(cluster.capacity, "run_capacity", run_capacity)
+    monkeypatch.setattr(cluster.capacity, "format_report", lambda report: "text")
+    argv = (["run", "--book", str(tmp_path), "--out", str(tmp_path)] if command == "run"
+            else ["capacity", "--accounts", "10"]) + ["--json", "--quiet"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["ok"] == 1 and noise in err
+    main(argv[:-2])  # without --json the lines stay where they were printed
+    assert noise in capsys.readouterr().out
