@@ -1,18 +1,21 @@
-"""The fast solver's interior-point iterations for low-rank (direct-indexed) households,
-compiled with numba: the same method, start, steps and stopping as
-:func:`rebalancer.fastsolve._solve_group` on a low-rank group (no refinement), one household
-at a time in one compiled call over the whole batch.
+"""The fast solver's interior-point iterations compiled with numba: the same method, start,
+steps, stopping and best iterate as :func:`rebalancer.fastsolve._solve_group`, for every
+household (low-rank: direct-indexed; dense: small fund households), one household after
+another in one compiled call over the whole batch.
 
 Why compiled: a direct-indexed household (about 2,300 free variables on 530 securities, a
 risk matrix of rank 35 + 15) costs the numpy iteration about 150 array operations, each a
 pass over the group's variables or a small batched product; in numpy those were bound by
 calls and memory traffic, not arithmetic (about 1 ms per household per iteration against
 about 0.1 ms of flops). Here each household's arrays stay in cache, the per-variable passes
-are fused loops and the one heavy product (``[Z1 Z2]' T [W1 W3]``, (k+e)^2 n flops) is BLAS.
+are loops and the one heavy product (``[Z1 Z2]' T [W1 W3]``, (k+e)^2 n flops) is BLAS.
 
 The Newton system is the one in fastsolve's docstring: K^-1 by push-through, (I + S P)^-1 by
 Woodbury with the r x r core ``I + Z' T W`` (r = k + 2e), built from the one product above and
-gathers (Z3 = I_E and W2 = 2 lambda I_E are unit blocks on the hubs), inverted by LAPACK.
+gathers (Z3 = I_E and W2 = 2 lambda I_E are unit blocks on the hubs). A dense household is the
+case Z = I (W = P, no hubs): the core is I + T P. The core and the row Schur complement are
+solved by LU factors with partial pivoting (``_lu``), not inverted: fund households, whose flat
+optimal faces make the last iterations sensitive to rounding, end optimal more often that way.
 
 A household whose core or row Schur complement is singular, or whose iterate goes
 non-finite, stops with its best iterate, as in the numpy iterations.

@@ -74,8 +74,8 @@ from .solution import SolveResult, SolveStatus, WarmStart
 __all__ = ["SOLVER_NAME", "solve_fast", "solve_batch", "risk_structure", "warm_up"]
 
 SOLVER_NAME = "fast"
-# How low-rank (direct-indexed) households iterate: "compiled" (fastkernel, numba) where numba
-# is installed, else "numpy"; REBALANCER_FAST_KERNEL overrides it (for comparisons).
+# How the households iterate: "compiled" (fastkernel, numba) where numba is installed, else
+# "numpy" (the batched iterations here); REBALANCER_FAST_KERNEL overrides it (for comparisons).
 KERNEL = os.environ.get("REBALANCER_FAST_KERNEL") or ("compiled" if fastkernel.AVAILABLE else "numpy")
 MAX_ITER = 80
 # B * n * r of one group's dense blocks. Small fund households (dense, n of a few dozen) gain
@@ -737,9 +737,9 @@ def solve_batch(problems: list[HouseholdProblem], tolerance: float = 1e-8,
                 kernel: str | None = None) -> list[SolveResult]:
     """Solve every problem of the batch together; one :class:`SolveResult` per problem, each
     with its final iterate as ``start``. ``starts[i]``, where given, is a warm start for
-    problem i: the final iterate of a problem with the same variables. ``kernel``: how
-    low-rank (direct-indexed) households iterate, ``"compiled"`` (:mod:`.fastkernel`) or
-    ``"numpy"`` (the batched iterations here); by default :data:`KERNEL`."""
+    problem i: the final iterate of a problem with the same variables. ``kernel``: how the
+    households iterate, ``"compiled"`` (:mod:`.fastkernel`) or ``"numpy"`` (the batched
+    iterations here); by default :data:`KERNEL`."""
     if not problems:
         return []
     if starts is not None and len(starts) != len(problems):
@@ -837,8 +837,9 @@ def _kernel_item(p: HouseholdProblem, struct, start: WarmStart | None, robust: b
     """One household's arrays and settings for fastkernel.solve_households: its free variables
     (in their order in p); the risk structure as P = Dp + W Z' with W's blocks [W1 W3], Z's
     [Z1 Z2] (transposed), the hubs and W2's entries (a dense household: Dp = 0, W = P, Z = I
-    given as a (0, n) Zct, no hubs, k = n); the rows (cash per account, then the budget row where there is one); its
-    warm start (low-rank households only, as _group_start) and its kind's start and refinement."""
+    given as a (0, n) Zct, no hubs, k = n); the rows (cash per account, then the budget row
+    where there is one); its warm start (low-rank households only, as _group_start) and its
+    kind's start and refinement."""
     free = p.ub > p.lb + 1e-15
     fixed_x = np.where(free, 0.0, p.lb)
     fi = np.flatnonzero(free)
