@@ -198,55 +198,53 @@ def test_the_job_restarts_a_resolve_where_its_first_solve_ended(households):
     assert sum(r.solves for r in res) == sum(len(b) for b in seen)
 
 
-def test_a_failed_fund_household_is_solved_again_with_the_robust_settings(problems, monkeypatch):
+def _stall(kernel: str, monkeypatch, robust_too: bool = False) -> list:
+    """Make ``kernel``'s solves end as if every household stalled far from its optimum (not
+    optimal, merit 1e6): those with the plain settings, and with ``robust_too`` the robust ones
+    too. Returns the list it fills with whether each household solved had the robust settings."""
+    from rebalancer import fastkernel, fastsolve
+    calls = []
+    if kernel == "numpy":
+        plain = fastsolve._solve_group
+
+        def stalling(g, tolerance, start=None, robust=False):
+            calls.append(robust)
+            out, res = plain(g, tolerance, start, robust)
+            if robust_too or not robust:
+                res["optimal"][:] = False
+                res["merit"][:] = 1e6
+            return out, res
+
+        monkeypatch.setattr(fastsolve, "_solve_group", stalling)
+    else:
+        plain = fastkernel.solve_households
+
+        def stalling(items, tolerance, params):
+            robust = [it["refine"] == fastsolve._ROBUST["refine"] and it["x0"] == fastsolve._ROBUST["start"][0]
+                      for it in items]
+            calls.extend(robust)
+            return [o if r and not robust_too else (*o[:4], 1e6, *o[5:8], False)
+                    for o, r in zip(plain(items, tolerance, params), robust)]
+
+        monkeypatch.setattr(fastkernel, "solve_households", stalling)
+    return calls
+
+
+def test_a_failed_fund_household_is_solved_again_with_the_robust_settings(problems, kernel, monkeypatch):
     """A small fund household that fails gets a second solve with more refinement (the job's
     fallback to the reference is the last resort); its result agrees with the reference."""
-    from rebalancer import fastsolve
-    monkeypatch.setattr(fastsolve, "KERNEL", "numpy")  # the numpy iterations; the compiled ones below
     small = [p for p in problems if len(p.securities) < 100][:5]
-    plain = fastsolve._solve_group
-    calls = []
-
-    def failing_unless_robust(g, tolerance, start=None, robust=False):
-        calls.append(robust)
-        out, res = plain(g, tolerance, start, robust)
-        if not robust:  # as if every household stalled far from its optimum
-            res["optimal"][:] = False
-            res["merit"][:] = 1e6
-        return out, res
-
-    monkeypatch.setattr(fastsolve, "_solve_group", failing_unless_robust)
-    out = solve_batch(small)
+    with monkeypatch.context() as m:
+        calls = _stall(kernel, m)
+        out = solve_batch(small)
     assert True in calls and False in calls
     for p, r in zip(small, out):
         assert r.status.usable and "robust settings" in r.message, (p.household_id, r.message)
         ref = solve_reference(p)
         assert abs(r.objective - ref.objective) <= max(1e-3 * abs(ref.objective), 1e-5), p.household_id
     # a household that fails with the robust settings too stays failed: the job's fallback decides
-    monkeypatch.setattr(fastsolve, "_solve_group", lambda g, t, s=None, robust=False: _failed(plain(g, t, s, robust)))
+    _stall(kernel, monkeypatch, robust_too=True)
     assert all(r.status == "failed" for r in solve_batch(small[:2]))
-
-
-def test_the_compiled_kernel_retries_a_failed_fund_household_with_the_robust_settings(problems, monkeypatch):
-    from rebalancer import fastkernel, fastsolve
-    monkeypatch.setattr(fastsolve, "KERNEL", "compiled")
-    small = [p for p in problems if len(p.securities) < 100][:5]
-    plain = fastkernel.solve_households
-    calls = []
-
-    def failing_unless_robust(items, tolerance, params):
-        robust = [it["refine"] == fastsolve._ROBUST["refine"] and it["x0"] == fastsolve._ROBUST["start"][0]
-                  for it in items]
-        calls.extend(robust)
-        return [o if r else (*o[:4], 1e6, o[5], o[6], o[7], False) for o, r in zip(plain(items, tolerance, params), robust)]
-
-    monkeypatch.setattr(fastkernel, "solve_households", failing_unless_robust)
-    out = solve_batch(small)
-    assert True in calls and False in calls
-    for p, r in zip(small, out):
-        assert r.status.usable and "robust settings" in r.message, (p.household_id, r.message)
-        ref = solve_reference(p)
-        assert abs(r.objective - ref.objective) <= max(1e-3 * abs(ref.objective), 1e-5), p.household_id
 
 
 def test_the_compiled_kernel_iterates_as_the_numpy_one(problems):
@@ -285,13 +283,6 @@ def test_the_kernels_lu_factors_solve_and_refuse_singular_matrices():
         assert np.abs(a @ x - b).max() <= 1e-10 * np.abs(b).max() * np.linalg.cond(a)
     for bad in (np.zeros((3, 3)), np.array([[1.0, 2.0], [2.0, 4.0]]), np.full((2, 2), np.nan), np.diag([np.inf, 1.0])):
         assert not _lu(bad.copy(), np.zeros(len(bad), np.int64))
-
-
-def _failed(solved):
-    out, res = solved
-    res["optimal"][:] = False
-    res["merit"][:] = 1e6
-    return out, res
 
 
 def test_one_broken_household_does_not_take_the_batch_down(problems, kernel):
