@@ -119,32 +119,53 @@ def _P(U, Dp, Wc, Zct, hub, w2, k):
 
 
 @njit(**_JIT)
-def _solve_sec(R, Delta, t, core, piv, Wc, Zct, hub, w2, k):
-    """(I + S P)^-1 R for R (n, c) by Woodbury (core: the core's LU factors, pivots piv)."""
+def _solve_sec(R, Delta, t, Dp, core, piv, adp, Wc, Zct, hub, w2, k):
+    """(I + S P)^-1 R for R (n, c) by Woodbury, and P times it: (zz, P zz). ``core``: the LU
+    factors (pivots ``piv``) of the core reduced to order k + e, ``adp`` its block Adp (see
+    _factor). The core's solution v is [Z1 Z2 Z3]' zz exactly (core v = Z' Delta^-1 R), so
+    P zz = Dp zz + W v, and W v is the product zz needs anyway: no second pass over Z and W."""
     n, c = R.shape
     e = len(hub)
+    q = k + e
     Ud = np.empty((n, c))
     for j in range(n):
-        for q in range(c):
-            Ud[j, q] = R[j, q] / Delta[j]
-    z = np.empty((k + 2 * e, c))
-    z[:k + e] = np.dot(Zct, Ud) if Zct.shape[0] else Ud
+        f = 1.0 / Delta[j]
+        for b in range(c):
+            Ud[j, b] = R[j, b] * f
+    v = np.empty((q + e, c))  # [vq; vp]: vq on [W1 W2]'s columns, vp on W3's
+    if Zct.shape[0]:
+        v[:q] = np.dot(Zct, Ud)  # [Z1 Z2]' Ud
+    else:
+        v[:q] = Ud  # Z = I (a dense household)
     for i in range(e):
-        for q in range(c):
-            z[k + e + i, q] = Ud[hub[i], q]
-    _lu_solve(core, piv, z)
-    v = z
-    V = np.empty((k + e, c))
+        hi = hub[i]
+        for b in range(c):
+            bh = Ud[hi, b]  # Z3' Ud
+            v[q + i, b] = bh
+            for a in range(q):
+                v[a, b] -= adp[a, i] * bh
+    _lu_solve(core, piv, v[:q])
+    for i in range(e):  # vp = bh - Ahq vq
+        hi = hub[i]
+        th = t[hi]
+        for b in range(c):
+            acc = w2[i] * v[k + i, b]
+            for a in range(k):
+                acc += Wc[hi, a] * v[a, b]
+            v[q + i, b] -= th * acc
+    V = np.empty((q, c))  # [vq on W1; vp]: the columns of Wc = [W1 W3]
     V[:k] = v[:k]
-    V[k:] = v[k + e:]
+    V[k:] = v[q:]
     wv = np.dot(Wc, V)
     for i in range(e):
-        for q in range(c):
-            wv[hub[i], q] += w2[i] * v[k + i, q]
+        for b in range(c):
+            wv[hub[i], b] += w2[i] * v[k + i, b]  # W2 = w2 I_E
+    P = np.empty((n, c))
     for j in range(n):
-        for q in range(c):
-            Ud[j, q] -= t[j] * wv[j, q]
-    return Ud
+        for b in range(c):
+            Ud[j, b] -= t[j] * wv[j, b]
+            P[j, b] = Dp[j] * Ud[j, b] + wv[j, b]
+    return Ud, P
 
 
 @njit(**_JIT)
@@ -157,9 +178,18 @@ def _A(sec, sign, v, n):
 
 @njit(**_JIT)
 def _G(row, sign, gb, brow, v, m):
+    """G v: the cash rows (one per account), then the budget row where there is one. Each run
+    of equal rows is summed in a register (a household's variables come account by account):
+    a scatter into a handful of slots would chain every add through memory."""
     out = np.zeros(m)
-    for j in range(len(v)):
-        out[row[j]] += sign[j] * v[j]
+    if len(v):
+        cur, acc = row[0], 0.0
+        for j in range(len(v)):
+            if row[j] != cur:
+                out[cur] += acc
+                cur, acc = row[j], 0.0
+            acc += sign[j] * v[j]
+        out[cur] += acc
     if brow >= 0:
         acc = 0.0
         for j in range(len(v)):
@@ -185,13 +215,19 @@ def _residuals(x, s, zl, zu, y, sec, row, sign, gb, brow, c, q2, d0, h, Dp, Wc, 
 
 
 @njit(**_JIT)
-def _factor(Einv, s, y, sec, row, sign, gb, brow, Dp, Wc, Zct, hub, w2, k, core, piv, spiv):
+def _factor(Einv, s, y, sec, row, sign, gb, brow, Dp, Wc, Zct, hub, w2, k, core, piv, adp, spiv):
     """What the Newton solves of an iteration share: Delta, t = Delta^-1 S, the LU factors of
-    the Woodbury core (in ``core``, pivots ``piv``), M = A E^-1 G', P (I + S P)^-1 M and the
-    LU factors of the row Schur complement (returned, pivots ``spiv``). False where either
-    matrix is singular."""
+    the Woodbury core (in ``core``, pivots ``piv``; its block Adp in ``adp``), M = A E^-1 G',
+    P (I + S P)^-1 M and the LU factors of the row Schur complement (returned, pivots
+    ``spiv``). False where either matrix is singular.
+
+    The core ``I + Z' T W`` in Z's row blocks [Z1 Z2 | Z3] and W's column blocks [W1 W2 | W3]
+    is [[Adq, Adp], [Ahq, I]]: Z3 = I_E pairs with W3 = U2, 0 on the hubs' rows, so that
+    block is exactly I, and Ahq = [t_E W1[E], diag(t_E w2)]. Eliminating it leaves
+    ``Adq - Adp Ahq`` of order k + e (35 for a direct-indexed household against 50) with a
+    unit pivot, as fastsolve._Ops._lowrank_core: a third of the LU's work."""
     nv, n, m, e = len(Einv), len(Dp), len(s), len(hub)
-    r = k + 2 * e
+    q = k + e
     S = np.zeros(n)
     for j in range(nv):
         S[sec[j]] += Einv[j]
@@ -206,26 +242,26 @@ def _factor(Einv, s, y, sec, row, sign, gb, brow, Dp, Wc, Zct, hub, w2, k, core,
             for j in range(n):
                 ZT[a, j] = Zct[a, j] * t[j]
         prod = np.dot(ZT, Wc)  # [Z1 Z2]' T [W1 W3]
-    else:  # Z = I (a dense household): T P
-        ZT = np.empty((0, n))
-        prod = np.empty((n, n))
+        for a in range(q):
+            for b in range(k):
+                core[a, b] = prod[a, b]  # [Z1 Z2]' T W1
+            for i in range(e):
+                core[a, k + i] = ZT[a, hub[i]] * w2[i]  # [Z1 Z2]' T W2
+                adp[a, i] = prod[a, k + i]  # [Z1 Z2]' T W3
+            core[a, a] += 1.0
+        for i in range(e):  # core = Adq - Adp Ahq
+            hi = hub[i]
+            for a in range(q):
+                f = adp[a, i] * t[hi]
+                if f != 0.0:
+                    for b in range(k):
+                        core[a, b] -= f * Wc[hi, b]
+                    core[a, k + i] -= f * w2[i]
+    else:  # Z = I (a dense household, no hubs): I + T P
         for a in range(n):
             for j in range(n):
-                prod[a, j] = t[a] * Wc[a, j]
-    core[:, :] = 0.0
-    core[:k + e, :k] = prod[:, :k]
-    core[:k + e, k + e:] = prod[:, k:]
-    for i in range(e):
-        hi = hub[i]
-        for a in range(k + e):
-            core[a, k + i] = ZT[a, hi] * w2[i]  # [Z1 Z2]' T W2
-        for a in range(k):
-            core[k + e + i, a] = t[hi] * Wc[hi, a]  # Z3' T W1
-        core[k + e + i, k + i] = t[hi] * w2[i]  # Z3' T W2
-        for a in range(e):
-            core[k + e + i, k + e + a] = t[hi] * Wc[hi, k + a]  # Z3' T W3 (0: U2 is 0 on hubs)
-    for a in range(r):
-        core[a, a] += 1.0
+                core[a, j] = t[a] * Wc[a, j]
+            core[a, a] += 1.0
     M = np.zeros((n, m))
     if not _lu(core, piv):
         return Delta, t, M, M, M, False
@@ -239,7 +275,7 @@ def _factor(Einv, s, y, sec, row, sign, gb, brow, Dp, Wc, Zct, hub, w2, k, core,
             GEG[row[j], brow] += eg
             GEG[brow, row[j]] += eg
             GEG[brow, brow] += Einv[j] * gb[j] * gb[j]
-    PMs = _P(_solve_sec(M, Delta, t, core, piv, Wc, Zct, hub, w2, k), Dp, Wc, Zct, hub, w2, k)
+    PMs = _solve_sec(M, Delta, t, Dp, core, piv, adp, Wc, Zct, hub, w2, k)[1]
     schur = GEG - np.dot(M.T, PMs)
     for i in range(m):
         schur[i, i] += s[i] / y[i]
@@ -287,7 +323,10 @@ def _household(sec, row, sign, gb, brow, lb, ub, fin, c, q2, d0, Dp, Wc, Zct, hu
     _keep(x, zl, zu, y, x_out, zl_out, zu_out, y_out)
     tl, tu, rd, rp = np.empty(nv), np.empty(nv), np.empty(nv), np.empty(m)
     Einv, E_true = np.empty(nv), np.empty(nv)
-    core, piv, spiv = np.empty((r, r)), np.empty(r, np.int64), np.empty(m, np.int64)
+    core, piv, spiv = np.empty((k + e, k + e)), np.empty(k + e, np.int64), np.empty(m, np.int64)
+    adp = np.empty((k + e, e))
+    dx, dy, dzl, dzu, ds = np.empty(nv), np.empty(m), np.empty(nv), np.empty(nv), np.empty(m)
+    rl, ru, rs, zu1 = np.empty(nv), np.empty(nv), np.empty(m), np.empty(nv)
     for it in range(max_iter + 1):
         for j in range(nv):
             tl[j] = x[j] - lb[j]
@@ -323,26 +362,23 @@ def _household(sec, row, sign, gb, brow, lb, ub, fin, c, q2, d0, Dp, Wc, Zct, hu
             E_true[j] = q2[j] + zl[j] / tl[j] + zu[j] / tu[j]
             Einv[j] = 1.0 / (E_true[j] + reg)
         Delta, t, M, PMs, schur, ok = _factor(Einv, s, y, sec, row, sign, gb, brow, Dp, Wc, Zct, hub, w2, k, core,
-                                              piv, spiv)
+                                              piv, adp, spiv)
         if not ok:
             iters = it
             break
 
         # the predictor (affine) direction, then Mehrotra's corrector
-        dx, dy, dzl, dzu, ds = np.empty(nv), np.empty(m), np.empty(nv), np.empty(nv), np.empty(m)
-        rl, ru, rs = np.empty(nv), np.empty(nv), np.empty(m)
         for j in range(nv):
             rl[j] = -tl[j] * zl[j]
             ru[j] = -tu[j] * zu[j]
         for i in range(m):
             rs[i] = -s[i] * y[i]
         _direction(rl, ru, rs, rd, rp, tl, tu, zl, zu, s, y, E_true, Einv, sec, row, sign, gb, brow, Delta, t,
-                   core, piv, M, PMs, schur, spiv, Dp, Wc, Zct, hub, w2, k, 0, dx, dy, dzl, dzu, ds)
+                   core, piv, adp, M, PMs, schur, spiv, Dp, Wc, Zct, hub, w2, k, 0, dx, dy, dzl, dzu, ds)
         if recentre and it == 0:
             _recentre(x, s, zl, zu, y, dx, dy, dzl, dzu, ds, lb, ub, fin, span, rc_shift, rc_floor,
                       rd_max, rp_max, tol_d, tol, sec, row, sign, gb, brow, c, q2, d0, h, Dp, Wc, Zct, hub, w2, k)
             continue
-        zu1 = np.empty(nv)
         for j in range(nv):
             zu1[j] = zu[j] + (1.0 - fin[j])
         al = min(1.0, _step(dx, dy, dzl, dzu, ds, tl, tu, zl, zu1, fin, s, y))
@@ -360,7 +396,7 @@ def _household(sec, row, sign, gb, brow, lb, ub, fin, c, q2, d0, Dp, Wc, Zct, hu
         for i in range(m):
             rs[i] = smu - s[i] * y[i] - ds[i] * dy[i]
         _direction(rl, ru, rs, rd, rp, tl, tu, zl, zu, s, y, E_true, Einv, sec, row, sign, gb, brow, Delta, t,
-                   core, piv, M, PMs, schur, spiv, Dp, Wc, Zct, hub, w2, k, refine, dx, dy, dzl, dzu, ds)
+                   core, piv, adp, M, PMs, schur, spiv, Dp, Wc, Zct, hub, w2, k, refine, dx, dy, dzl, dzu, ds)
         al = min(1.0, step_frac * _step(dx, dy, dzl, dzu, ds, tl, tu, zl, zu1, fin, s, y))
         for j in range(nv):
             x[j] += al * dx[j]
@@ -373,15 +409,14 @@ def _household(sec, row, sign, gb, brow, lb, ub, fin, c, q2, d0, Dp, Wc, Zct, hu
 
 
 @njit(**_JIT)
-def _reduced(r1, r2, Einv, sec, row, sign, gb, brow, Delta, t, core, piv, M, PMs, schur, spiv, Dp, Wc, Zct, hub, w2, k,
-             dx, dy):
+def _reduced(r1, r2, Einv, sec, row, sign, gb, brow, Delta, t, core, piv, adp, M, PMs, schur, spiv, Dp, Wc, Zct, hub,
+             w2, k, dx, dy):
     """(dx, dy) of the Newton system [[K, G'], [G, -diag(s / y)]] (dx, dy) = (r1, r2), in place."""
     nv, n, m = len(r1), len(Delta), len(r2)
     er = np.empty(nv)
     for j in range(nv):
         er[j] = Einv[j] * r1[j]
-    zz = _solve_sec(_A(sec, sign, er, n), Delta, t, core, piv, Wc, Zct, hub, w2, k)
-    Pzz = _P(zz, Dp, Wc, Zct, hub, w2, k)
+    Pzz = _solve_sec(_A(sec, sign, er, n), Delta, t, Dp, core, piv, adp, Wc, Zct, hub, w2, k)[1]
     gk = _G(row, sign, gb, brow, er, m) - np.dot(M.T, Pzz)[:, 0]
     rhs = np.empty((m, 1))
     for i in range(m):
@@ -397,7 +432,7 @@ def _reduced(r1, r2, Einv, sec, row, sign, gb, brow, Delta, t, core, piv, M, PMs
 
 @njit(**_JIT)
 def _direction(rl, ru, rs, rd, rp, tl, tu, zl, zu, s, y, E_true, Einv, sec, row, sign, gb, brow, Delta, t, core, piv,
-               M, PMs, schur, spiv, Dp, Wc, Zct, hub, w2, k, refine, dx, dy, dzl, dzu, ds):
+               adp, M, PMs, schur, spiv, Dp, Wc, Zct, hub, w2, k, refine, dx, dy, dzl, dzu, ds):
     """The Newton direction for complementarity right-hand sides rl, ru, rs (in place), with
     ``refine`` rounds of iterative refinement against the unregularized system."""
     nv, n, m = len(rl), len(Delta), len(rs)
@@ -407,8 +442,8 @@ def _direction(rl, ru, rs, rd, rp, tl, tu, zl, zu, s, y, E_true, Einv, sec, row,
     r2 = np.empty(m)
     for i in range(m):
         r2[i] = -rp[i] - rs[i] / y[i]
-    _reduced(r1, r2, Einv, sec, row, sign, gb, brow, Delta, t, core, piv, M, PMs, schur, spiv, Dp, Wc, Zct, hub, w2, k,
-             dx, dy)
+    _reduced(r1, r2, Einv, sec, row, sign, gb, brow, Delta, t, core, piv, adp, M, PMs, schur, spiv, Dp, Wc, Zct, hub,
+             w2, k, dx, dy)
     if refine > 0:
         e1, e2, cx, cy = np.empty(nv), np.empty(m), np.empty(nv), np.empty(m)
         for _ in range(refine):
@@ -419,8 +454,8 @@ def _direction(rl, ru, rs, rd, rp, tl, tu, zl, zu, s, y, E_true, Einv, sec, row,
             g = _G(row, sign, gb, brow, dx, m)
             for i in range(m):
                 e2[i] = r2[i] - (g[i] - s[i] / y[i] * dy[i])
-            _reduced(e1, e2, Einv, sec, row, sign, gb, brow, Delta, t, core, piv, M, PMs, schur, spiv, Dp, Wc, Zct, hub,
-                     w2, k, cx, cy)
+            _reduced(e1, e2, Einv, sec, row, sign, gb, brow, Delta, t, core, piv, adp, M, PMs, schur, spiv, Dp, Wc, Zct,
+                     hub, w2, k, cx, cy)
             for j in range(nv):
                 dx[j] += cx[j]
             for i in range(m):
