@@ -146,6 +146,9 @@ class HouseholdProblem:
     account_targets: tuple
     # Data derived from the risk model (see derived_risk); restrict() and with_budget() share it.
     risk_derived: dict = field(default_factory=dict, repr=False)
+    # ``(lookthrough, rows, cols, values)``: the look-through's entries as the market gave them
+    # (Market.lookthrough_entries), paired with the matrix they describe (see lt_entries).
+    lookthrough_nz: tuple | None = field(default=None, repr=False)
 
     @property
     def n_vars(self) -> int:
@@ -170,11 +173,33 @@ class HouseholdProblem:
     def weights_after(self, x: np.ndarray) -> np.ndarray:
         return self.w0 + np.bincount(self.security, weights=self.sign * x, minlength=len(self.securities))
 
+    @cached_property
+    def lt_entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, cols, values) of the nonzero entries of ``lookthrough``, row by row:
+        products with L in O(entries), not O(n m) (a direct-indexed household's L is about
+        530 x 530 with 1,500 entries; ``L' a`` took 0.15 ms dense). From ``lookthrough_nz``
+        where it describes this ``lookthrough``, else found in the matrix."""
+        nz = self.lookthrough_nz
+        if nz is not None and nz[0] is self.lookthrough:
+            rows, cols, vals = nz[1:]
+        else:
+            rows, cols = np.nonzero(self.lookthrough)
+            vals = self.lookthrough[rows, cols]
+        keep = vals != 0.0
+        if not keep.all():
+            rows, cols, vals = rows[keep], cols[keep], vals[keep]
+        return tuple(_read_only(np.array(v)) for v in (rows, cols, vals))
+
+    def lookthrough_t(self, a: np.ndarray) -> np.ndarray:
+        """``lookthrough' a`` for a (n,): the risk assets' weights of security weights ``a``."""
+        rows, cols, vals = self.lt_entries
+        return np.bincount(cols, weights=vals * a[rows], minlength=self.lookthrough.shape[1])
+
     def tracking_variance(self, w: np.ndarray) -> float:
         """Annual tracking variance of household weights ``w`` against the target."""
         a = w - self.target
         f = self.factor_chol.T @ (self.exposures.T @ a)
-        s = self.lookthrough.T @ a
+        s = self.lookthrough_t(a)
         return float(f @ f + np.sum(self.specific_var * s * s))
 
     def objective(self, x: np.ndarray, variance: float | None = None) -> float:
@@ -373,7 +398,9 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
 
     X = market.risk.exposures[secs]
     F = market.risk.factor_cov
-    _, Lk, d = market.lookthrough(secs)
+    _, (lt_rows, lt_cols, lt_vals), d = market.lookthrough_entries(secs)
+    Lk = np.zeros((len(secs), len(d)))
+    Lk[lt_rows, lt_cols] = lt_vals
     # Shared by every problem of the market, read-only (5 us a household).
     chol = market.derived("problem.factor_chol", lambda m: _read_only(_psd_factor(m.risk.factor_cov)))
     N = len(kind)
@@ -385,7 +412,7 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
         impact=np.full(N, tax_weight * settings.impact), gain=np.concatenate(gain),
         loss_sale=np.concatenate(loss).astype(bool), wash_group=wash_group[security],
         cash_rhs=cash_rhs, budget=room / V, constant=constant, n_accounts=A, lots=lt,
-        account_targets=tuple(account_targets))
+        account_targets=tuple(account_targets), lookthrough_nz=(Lk, lt_rows, lt_cols, lt_vals))
 
 
 def _security_facts(market: Market) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
