@@ -846,18 +846,9 @@ def _kernel_item(p: HouseholdProblem, struct, start: WarmStart | None, robust: b
     free = p.ub > p.lb + 1e-15
     fixed_x = np.where(free, 0.0, p.lb)
     fi = np.flatnonzero(free)
-    dp, w, z = struct
     n, A = len(p.securities), p.n_accounts
     dense = _is_dense(struct)
-    if dense:
-        k, e, hub = n, 0, np.zeros(0, np.int64)
-        Wc, Zct = np.ascontiguousarray(w), np.zeros((0, n))  # Z = I
-    else:
-        k = p.factor_chol.shape[1]
-        e = (w.shape[1] - k) // 2
-        hub = np.argmax(z[:, k + e:], axis=0)
-        Wc = np.ascontiguousarray(np.hstack([w[:, :k], w[:, k + e:]]))
-        Zct = np.ascontiguousarray(np.hstack([z[:, :k], z[:, k:k + e]]).T)
+    dp, k, hub, w2, Wc, Zct = p.derived_risk("fastsolve._kernel_risk", lambda q: _kernel_risk(q, struct))
     has_b = math.isfinite(p.budget)
     sign = p.sign
     h = p.cash_rhs - np.bincount(p.account, weights=sign * fixed_x, minlength=A)
@@ -871,8 +862,8 @@ def _kernel_item(p: HouseholdProblem, struct, start: WarmStart | None, robust: b
         free=fi, sec=p.security[fi], row=p.account[fi], sign=sign[fi].astype(float),
         gb=p.gain[fi].astype(float) if has_b else np.zeros(len(fi)), lb=p.lb[fi].astype(float),
         ub=np.where(fin, ub, 0.0), fin=fin.astype(float), c=p.cost[fi].astype(float), q2=2.0 * p.impact[fi],
-        d0=p.w0 - p.target + np.bincount(p.security, weights=sign * fixed_x, minlength=n), Dp=np.asarray(dp, float),
-        Wc=Wc, Zct=Zct, hub=hub, w2=w[hub, k + np.arange(e)] if e else np.zeros(0), k=k, h=h,
+        d0=p.w0 - p.target + np.bincount(p.security, weights=sign * fixed_x, minlength=n), Dp=dp,
+        Wc=Wc, Zct=Zct, hub=hub, w2=w2, k=k, h=h,
         brow=A if has_b else -1, warm=False, x0=x0, mu0=mu0, refine=_ROBUST["refine"] if robust else _REFINE[kind])
     nv, m = len(fi), len(h)
     item.update(wx=np.zeros(nv), wzl=np.zeros(nv), wzu=np.zeros(nv), wy=np.zeros(m))
@@ -886,6 +877,22 @@ def _kernel_item(p: HouseholdProblem, struct, start: WarmStart | None, robust: b
     item["recentre"] = (not robust and _RECENTRE[kind] is not None and not item["warm"]
                         and nv >= _RECENTRE_MIN_VARS)
     return item
+
+
+def _kernel_risk(p: HouseholdProblem, struct) -> tuple:
+    """The risk structure (Dp, W, Z) of ``p`` as the compiled kernel takes it: (Dp, k, hubs,
+    W2's entries, [W1 W3], [Z1 Z2]') (see _kernel_item); once per problem and the problems
+    restricted from it, as risk_structure."""
+    dp, w, z = struct
+    n = len(p.securities)
+    if _is_dense(struct):  # Z = I
+        return np.asarray(dp, float), n, np.zeros(0, np.int64), np.zeros(0), np.ascontiguousarray(w), np.zeros((0, n))
+    k = p.factor_chol.shape[1]
+    e = (w.shape[1] - k) // 2
+    hub = np.argmax(z[:, k + e:], axis=0)
+    return (np.asarray(dp, float), k, hub, w[hub, k + np.arange(e)],
+            np.ascontiguousarray(np.hstack([w[:, :k], w[:, k + e:]])),
+            np.ascontiguousarray(np.hstack([z[:, :k], z[:, k:k + e]]).T))
 
 
 def _keep_better(out: list[SolveResult], again: list[int], second: list[SolveResult], how: str) -> None:
