@@ -62,23 +62,16 @@ def account_figures(p: HouseholdProblem, hh: Household, x_after: np.ndarray, x_n
         target[a, np.searchsorted(p.securities, pos)] = np.asarray(w) * investable[a] / safe[a]
 
     # The three stages stacked (3, A, n): the elementwise work and the row sums once, not once
-    # per stage. The factor products stay one (A, n) matrix per stage (BLAS may round a product
-    # of (3A, n) rows differently); the look-through's come from L's entries where it is
-    # sparse, summed in entry order whatever A (a direct-indexed household's L is (512, 523)
-    # with 2,900 entries: 0.50 -> 0.13 ms).
+    # per stage. The products with the risk model stay one (A, n) matrix per stage: BLAS may
+    # round a product of (3A, n) rows differently. (The look-through's come from L's entries
+    # where it is sparse: a direct-indexed household's L is (512, 523) with 2,900 entries.)
     ix, sign = p.account * n + p.security, p.sign
     h = np.stack([held] + [held + np.bincount(ix, weights=sign * x * V, minlength=A * n).reshape(A, n)
                            for x in (x_after, x_naive)])
     active = h / safe[:, None] - target
     active[:, value <= 0] = 0.0
     f = np.stack([(a @ p.exposures) @ p.factor_chol for a in active])
-    if p.lt_sparse:
-        rows, cols, vals = p.lt_entries
-        R, m = 3 * A, p.lookthrough.shape[1]
-        s = np.bincount((np.arange(R)[:, None] * m + cols).ravel(), weights=(active.reshape(R, n)[:, rows] * vals).ravel(),
-                        minlength=R * m).reshape(3, A, m)
-    else:
-        s = np.stack([a @ p.lookthrough for a in active])
+    s = np.stack([p.look.rows_dot(a) for a in active])
     var = np.sum(f * f, axis=2) + np.sum(s * s * p.specific_var, axis=2)
     cash_active = -active.sum(axis=2)  # cash after minus cash targeted (the reserve)
     (tb, ta, tn) = np.sqrt(np.maximum(var, 0.0))

@@ -135,10 +135,10 @@ def risk_structure(p: HouseholdProblem) -> tuple[np.ndarray, np.ndarray, np.ndar
     n = len(p.securities)
     XC = p.exposures @ p.factor_chol  # (n, k): X F X' = XC XC'
     k = XC.shape[1]
-    Ld, d = p.lookthrough, p.specific_var
+    d = p.specific_var
     # From L's entries (row by row): the dense route (L != 0, (L * L) @ d, L[E] D L') cost
     # 1.2 ms of a direct-indexed household's 512 x 523 L with 2,900 entries, this route 0.4.
-    rows, cols, vals = p.lt_entries
+    rows, cols, vals = p.look.rows, p.look.cols, p.look.vals
     count = np.bincount(rows, minlength=n)
     first = np.cumsum(count) - count  # each row's first entry
     # A vertex cover of the off-diagonal coupling of L D L': securities that look through to
@@ -148,6 +148,7 @@ def risk_structure(p: HouseholdProblem) -> tuple[np.ndarray, np.ndarray, np.ndar
     # Hubs alone making the low-rank form no smaller than n: P is dense (a small fund
     # household; dense products are cheaper than structure there).
     if k + 2 * int(np.count_nonzero(hub)) >= n:
+        Ld = p.lookthrough
         LD = Ld * d
         P = XC @ XC.T + LD @ Ld.T
         return np.zeros(n), lam2 * 0.5 * (P + P.T), np.eye(n)  # exactly symmetric
@@ -160,6 +161,7 @@ def risk_structure(p: HouseholdProblem) -> tuple[np.ndarray, np.ndarray, np.ndar
     hub[r1[:-1][c1[1:] == c1[:-1]]] = True
     E = np.flatnonzero(hub)
     if k + 2 * len(E) >= n:
+        Ld = p.lookthrough
         LD = Ld * d
         P = lam2 * (XC @ XC.T + LD @ Ld.T)
         return np.zeros(n), 0.5 * (P + P.T), np.eye(n)
@@ -167,7 +169,12 @@ def risk_structure(p: HouseholdProblem) -> tuple[np.ndarray, np.ndarray, np.ndar
     # (n, |E|): the hubs' columns of L D L' off its diagonal, summed entry by entry
     V1 = np.zeros((n, len(E)))
     held = np.flatnonzero(count)
-    V1[held] = np.add.reduceat(vals[:, None] * (Ld[E] * d)[:, cols].T, first[held], axis=0)
+    at = np.full(n, -1)
+    at[E] = np.arange(len(E))
+    on = np.flatnonzero(at[rows] >= 0)
+    LE = np.zeros((len(E), len(d)))  # the hubs' rows of L D
+    LE[at[rows[on]], cols[on]] = vals[on] * d[cols[on]]
+    V1[held] = np.add.reduceat(vals[:, None] * LE[:, cols].T, first[held], axis=0)
     V1[E, np.arange(len(E))] = 0.0
     U2 = V1.copy()  # R = I_E V1' + U2 I_E' with U2 = V1 off the hubs' rows
     U2[E, :] = 0.0

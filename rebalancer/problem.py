@@ -99,11 +99,64 @@ def lot_tax(market: Market, hh: Household, date, wash: WashState) -> LotTax:
 
 
 @dataclass(frozen=True, eq=False)
+class LookThrough:
+    """A household's risk look-through L (n securities x m risk assets; the risk assets'
+    weights of security weights w are L' w), kept as its nonzero entries row by row. The
+    dense matrix is made when asked for (``dense``: the reference solver, a fund household's
+    products): a direct-indexed household's L is 512 x 523 with 2,900 entries, and making it
+    dense cost about 0.3 ms a household in the job, page faults mostly."""
+    rows: np.ndarray  # (nnz,) nondecreasing
+    cols: np.ndarray
+    vals: np.ndarray  # nonzero
+    shape: tuple[int, int]
+
+    @classmethod
+    def of_entries(cls, rows, cols, vals, shape) -> "LookThrough":
+        """From entries in row order (Market.lookthrough_entries'); zero entries dropped."""
+        vals = np.asarray(vals, float)
+        keep = vals != 0.0
+        return cls(*(_read_only(np.asarray(v)[keep]) for v in (rows, cols, vals)), (int(shape[0]), int(shape[1])))
+
+    @classmethod
+    def of_dense(cls, L: np.ndarray) -> "LookThrough":
+        rows, cols = np.nonzero(L)
+        return cls.of_entries(rows, cols, L[rows, cols], L.shape)
+
+    @cached_property
+    def dense(self) -> np.ndarray:
+        L = np.zeros(self.shape)
+        L.reshape(-1)[self.rows * self.shape[1] + self.cols] = self.vals
+        return _read_only(L)
+
+    @cached_property
+    def sparse(self) -> bool:
+        """Whether products are cheaper from the entries: under 5% of L. A direct-indexed
+        household's (1%): ``L' a`` takes 0.04 ms so, 0.20 dense. A fund household's (30, 530)
+        L holding two ETFs is 15% entries, where the dense product is the faster."""
+        return 20 * len(self.vals) < self.shape[0] * self.shape[1]
+
+    def t_dot(self, a: np.ndarray) -> np.ndarray:
+        """``L' a`` for a (n,)."""
+        if not self.sparse:
+            return self.dense.T @ a
+        return np.bincount(self.cols, weights=self.vals * a[self.rows], minlength=self.shape[1])
+
+    def rows_dot(self, a: np.ndarray) -> np.ndarray:
+        """``a L`` for a (R, n), each row summed in entry order whatever R where sparse."""
+        if not self.sparse:
+            return a @ self.dense
+        R, m = a.shape[0], self.shape[1]
+        return np.bincount((np.arange(R)[:, None] * m + self.cols).ravel(), weights=(a[:, self.rows] * self.vals).ravel(),
+                           minlength=R * m).reshape(R, m)
+
+
+@dataclass(frozen=True, eq=False)
 class HouseholdProblem:
     """One household's convex problem (see the module docstring for the formula).
 
     Securities (n): ``securities`` market positions, ``price``, ``w0`` current and ``target``
-    weights, ``exposures`` (n, k), ``lookthrough`` (n, m) with ``specific_var`` (m,).
+    weights, ``exposures`` (n, k), ``look`` the look-through L (n, m) (:class:`LookThrough`;
+    ``lookthrough`` its dense matrix) with ``specific_var`` (m,).
     Variables (N): ``kind``, ``account`` (index into the household's accounts), ``security``
     (index into ``securities``), ``lot`` (index into the household's lots, -1 if none), bounds
     ``lb``/``ub`` (``ub`` may be inf), ``cost`` (linear), ``impact`` (quadratic), ``gain``
@@ -125,7 +178,7 @@ class HouseholdProblem:
     exposures: np.ndarray
     factor_cov: np.ndarray
     factor_chol: np.ndarray
-    lookthrough: np.ndarray
+    look: LookThrough
     specific_var: np.ndarray
     kind: np.ndarray
     account: np.ndarray
@@ -146,9 +199,11 @@ class HouseholdProblem:
     account_targets: tuple
     # Data derived from the risk model (see derived_risk); restrict() and with_budget() share it.
     risk_derived: dict = field(default_factory=dict, repr=False)
-    # ``(lookthrough, rows, cols, values)``: the look-through's entries as the market gave them
-    # (Market.lookthrough_entries), paired with the matrix they describe (see lt_entries).
-    lookthrough_nz: tuple | None = field(default=None, repr=False)
+
+    @property
+    def lookthrough(self) -> np.ndarray:
+        """The look-through L (n, m), dense (read-only)."""
+        return self.look.dense
 
     @property
     def n_vars(self) -> int:
@@ -173,42 +228,11 @@ class HouseholdProblem:
     def weights_after(self, x: np.ndarray) -> np.ndarray:
         return self.w0 + np.bincount(self.security, weights=self.sign * x, minlength=len(self.securities))
 
-    @cached_property
-    def lt_entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rows, cols, values) of the nonzero entries of ``lookthrough``, row by row:
-        products with L in O(entries), not O(n m) where it is sparse (see lt_sparse). From
-        ``lookthrough_nz`` where it describes this ``lookthrough``, else found in the matrix."""
-        nz = self.lookthrough_nz
-        if nz is not None and nz[0] is self.lookthrough:
-            rows, cols, vals = nz[1:]
-        else:
-            rows, cols = np.nonzero(self.lookthrough)
-            vals = self.lookthrough[rows, cols]
-        keep = vals != 0.0
-        if not keep.all():
-            rows, cols, vals = rows[keep], cols[keep], vals[keep]
-        return tuple(_read_only(np.array(v)) for v in (rows, cols, vals))
-
-    @cached_property
-    def lt_sparse(self) -> bool:
-        """Whether products with ``lookthrough`` are cheaper from its entries: under 5% of it.
-        A direct-indexed household's L is 512 x 523 with 2,900 entries (1%): ``L' a`` takes
-        0.04 ms so, 0.20 dense. A fund household's (30, 530) L holding two ETFs is 15%
-        entries, where the dense product is the faster."""
-        return 20 * len(self.lt_entries[0]) < self.lookthrough.size
-
-    def lookthrough_t(self, a: np.ndarray) -> np.ndarray:
-        """``lookthrough' a`` for a (n,): the risk assets' weights of security weights ``a``."""
-        if not self.lt_sparse:
-            return self.lookthrough.T @ a
-        rows, cols, vals = self.lt_entries
-        return np.bincount(cols, weights=vals * a[rows], minlength=self.lookthrough.shape[1])
-
     def tracking_variance(self, w: np.ndarray) -> float:
         """Annual tracking variance of household weights ``w`` against the target."""
         a = w - self.target
         f = self.factor_chol.T @ (self.exposures.T @ a)
-        s = self.lookthrough_t(a)
+        s = self.look.t_dot(a)
         return float(f @ f + np.sum(self.specific_var * s * s))
 
     def objective(self, x: np.ndarray, variance: float | None = None) -> float:
@@ -230,11 +254,11 @@ class HouseholdProblem:
 
     def derived_risk(self, name: str, make):
         """``make(self)`` for a function of the risk model alone (``risk_aversion``,
-        ``exposures``, ``factor_chol``, ``lookthrough``, ``specific_var``), computed once for
+        ``exposures``, ``factor_chol``, ``look``, ``specific_var``), computed once for
         this problem and the problems :meth:`restrict` and :meth:`with_budget` make from it
         (a re-solve does not rebuild its risk structure). Checked against the identity of
         those arrays, so a problem with another risk model never gets a stale value."""
-        key = (self.risk_aversion, id(self.exposures), id(self.factor_chol), id(self.lookthrough), id(self.specific_var))
+        key = (self.risk_aversion, id(self.exposures), id(self.factor_chol), id(self.look), id(self.specific_var))
         hit = self.risk_derived.get(name)
         if hit is not None and hit[0] == key:
             return hit[1]
@@ -408,20 +432,18 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
     X = market.risk.exposures[secs]
     F = market.risk.factor_cov
     _, (lt_rows, lt_cols, lt_vals), d = market.lookthrough_entries(secs)
-    Lk = np.zeros((len(secs), len(d)))
-    Lk[lt_rows, lt_cols] = lt_vals
     # Shared by every problem of the market, read-only (5 us a household).
     chol = market.derived("problem.factor_chol", lambda m: _read_only(_psd_factor(m.risk.factor_cov)))
     N = len(kind)
     return HouseholdProblem(
         household_id=hh.household_id, date=date, value=V, risk_aversion=settings.risk_aversion, tax_weight=tax_weight,
         securities=secs, price=market.price[secs], w0=w0, target=target, exposures=X, factor_cov=F, factor_chol=chol,
-        lookthrough=Lk, specific_var=d, kind=kind, account=account, security=security,
+        look=LookThrough.of_entries(lt_rows, lt_cols, lt_vals, (len(secs), len(d))), specific_var=d, kind=kind, account=account, security=security,
         lot=np.concatenate(lot_l).astype(np.int64), lb=lb_, ub=ub_, cost=np.concatenate(cost),
         impact=np.full(N, tax_weight * settings.impact), gain=np.concatenate(gain),
         loss_sale=np.concatenate(loss).astype(bool), wash_group=wash_group[security],
         cash_rhs=cash_rhs, budget=room / V, constant=constant, n_accounts=A, lots=lt,
-        account_targets=tuple(account_targets), lookthrough_nz=(Lk, lt_rows, lt_cols, lt_vals))
+        account_targets=tuple(account_targets))
 
 
 def _security_facts(market: Market) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from rebalancer.fastsolve import risk_structure, solve_batch
 from rebalancer.generate import GeneratorSettings, generate_book
 from rebalancer.household import split_households
 from rebalancer.market import Market
-from rebalancer.problem import build_problem
+from rebalancer.problem import LookThrough, build_problem
 from rebalancer.reference import solve_reference
 from rebalancer.schema import HOUSEHOLD_TABLES, REFERENCE_TABLES
 from rebalancer.settings import OptimizerSettings
@@ -51,7 +51,7 @@ def test_risk_structure_is_exact(problems):
     # ETFs, so two of them must join the hubs
     lt[single[:3]] = 0.0
     lt[single[:3], np.argmax(big.lookthrough[single[0]] != 0)] = [1.0, 0.5, 2.0]
-    shared = dataclasses.replace(big, lookthrough=lt)
+    shared = dataclasses.replace(big, look=LookThrough.of_dense(lt))
     for p in [*problems[:10], big, shared]:
         Dp, W, Z = risk_structure(p)
         P = 2 * p.risk_aversion * (p.exposures @ p.factor_cov @ p.exposures.T
