@@ -26,6 +26,7 @@ import numpy as np
 
 try:  # the compiled kernel is used where numba is installed (a dependency of the package)
     from numba import njit
+    from numba.typed import List
     AVAILABLE = True
 except ImportError:  # pragma: no cover - the numpy iterations are used instead
     AVAILABLE = False
@@ -534,19 +535,18 @@ def _recentre(x, s, zl, zu, y, dx, dy, dzl, dzu, ds, lb, ub, fin, span, shift, f
 
 @njit(**_JIT)
 def _batch(voff, sec, row, sign, gb, lb, ub, fin, c, q2, wx, wzl, wzu,
-           soff, d0, Dp, woff, Wc, zoff, Zct, eoff, hub, w2, roff, h, wy, brow, kk, warm, recentre, x0, mu0, refine,
+           soff, d0, Dp, Wl, Zl, eoff, hub, w2, roff, h, wy, brow, kk, warm, recentre, x0, mu0, refine,
            tol, params, x_out, zl_out, zu_out, y_out, merit, iters, best_it, rd, optimal):
     """Every household of the batch, one after another: each one's slices of the flat arrays
-    (offsets: voff variables, soff securities, woff W, zoff Z, eoff hubs, roff rows)."""
+    (offsets: voff variables, soff securities, eoff hubs, roff rows) and its own [W1 W3] and
+    [Z1 Z2]' (Wl, Zl: typed lists; copying them into flat arrays cost more than the lists)."""
     for b in range(len(kk)):
         v0, v1 = voff[b], voff[b + 1]
         s0, s1 = soff[b], soff[b + 1]
         n, k = s1 - s0, kk[b]
         e0, e1 = eoff[b], eoff[b + 1]
         r0, r1 = roff[b], roff[b + 1]
-        rk = k + (e1 - e0)
-        wc = Wc[woff[b]:woff[b] + n * rk].reshape(n, rk)
-        zct = Zct[zoff[b]:zoff[b + 1]].reshape((zoff[b + 1] - zoff[b]) // n, n)  # (0, n) where Z = I
+        wc, zct = Wl[b], Zl[b]  # zct (0, n) where Z = I
         out = _household(sec[v0:v1], row[v0:v1], sign[v0:v1], gb[v0:v1], brow[b], lb[v0:v1], ub[v0:v1], fin[v0:v1],
                          c[v0:v1], q2[v0:v1], d0[s0:s1], Dp[s0:s1], wc, zct, hub[e0:e1], w2[e0:e1], k, h[r0:r1],
                          warm[b], wx[v0:v1], wzl[v0:v1], wzu[v0:v1], wy[r0:r1], recentre[b], x0[b], mu0[b],
@@ -563,17 +563,19 @@ def solve_households(items, tolerance: float, params: tuple):
     cat = lambda key: np.ascontiguousarray(np.concatenate([it[key] for it in items]))  # noqa: E731
     off = lambda key: np.concatenate([[0], np.cumsum([len(it[key]) for it in items])]).astype(np.int64)  # noqa: E731
     voff, soff, eoff, roff = off("lb"), off("d0"), off("hub"), off("h")
-    woff = np.concatenate([[0], np.cumsum([it["Wc"].size for it in items])]).astype(np.int64)
-    zoff = np.concatenate([[0], np.cumsum([it["Zct"].size for it in items])]).astype(np.int64)
-    Wc = np.concatenate([it["Wc"].ravel() for it in items])
-    Zct = np.concatenate([it["Zct"].ravel() for it in items])
+    # The households' [W1 W3] and [Z1 Z2]' as they are: concatenating them copied 29 MB (0.07 s)
+    # for the 101 direct-indexed households of a 400-household batch.
+    Wl, Zl = List(), List()
+    for it in items:
+        Wl.append(np.ascontiguousarray(it["Wc"], dtype=float))
+        Zl.append(np.ascontiguousarray(it["Zct"], dtype=float))
     nv, nr = int(voff[-1]), int(roff[-1])
     x, zl, zu, y = np.zeros(nv), np.zeros(nv), np.zeros(nv), np.zeros(nr)
     merit, iters, best_it, rd = np.zeros(B), np.zeros(B, np.int64), np.zeros(B, np.int64), np.zeros(B)
     optimal = np.zeros(B, np.bool_)
     _batch(voff, cat("sec").astype(np.int64), cat("row").astype(np.int64), cat("sign"), cat("gb"), cat("lb"), cat("ub"),
-           cat("fin"), cat("c"), cat("q2"), cat("wx"), cat("wzl"), cat("wzu"), soff, cat("d0"), cat("Dp"), woff, Wc, zoff, Zct,
-           eoff, cat("hub").astype(np.int64), cat("w2"), roff, cat("h"), cat("wy"),
+           cat("fin"), cat("c"), cat("q2"), cat("wx"), cat("wzl"), cat("wzu"), soff, cat("d0"), cat("Dp"), Wl, Zl, eoff,
+           cat("hub").astype(np.int64), cat("w2"), roff, cat("h"), cat("wy"),
            np.array([it["brow"] for it in items], np.int64), np.array([it["k"] for it in items], np.int64),
            np.array([it["warm"] for it in items], np.bool_), np.array([it["recentre"] for it in items], np.bool_),
            np.array([it["x0"] for it in items], float), np.array([it["mu0"] for it in items], float),
