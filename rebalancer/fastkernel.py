@@ -11,11 +11,13 @@ about 0.1 ms of flops). Here each household's arrays stay in cache, the per-vari
 are loops and the one heavy product (``[Z1 Z2]' T [W1 W3]``, (k+e)^2 n flops) is BLAS.
 
 The Newton system is the one in fastsolve's docstring: K^-1 by push-through, (I + S P)^-1 by
-Woodbury with the r x r core ``I + Z' T W`` (r = k + 2e), built from the one product above and
-gathers (Z3 = I_E and W2 = 2 lambda I_E are unit blocks on the hubs). A dense household is the
-case Z = I (W = P, no hubs): the core is I + T P. The core and the row Schur complement are
-solved by LU factors with partial pivoting (``_lu``), not inverted: fund households, whose flat
-optimal faces make the last iterations sensitive to rounding, end optimal more often that way.
+Woodbury with the core ``I + Z' T W`` (r = k + 2e), built from the one product above and
+gathers (Z3 = I_E and W2 = 2 lambda I_E are unit blocks on the hubs) and reduced exactly to
+order k + e (``_factor``); P times the Woodbury solution is read off the core's solution
+(``_solve_sec``), not a second product with Z and W. A dense household is the case Z = I
+(W = P, no hubs): the core is I + T P. The core and the row Schur complement are solved by LU
+factors with partial pivoting (``_lu``), not inverted: fund households, whose flat optimal
+faces make the last iterations sensitive to rounding, end optimal more often that way.
 
 A household whose core or row Schur complement is singular, or whose iterate goes
 non-finite, stops with its best iterate, as in the numpy iterations.

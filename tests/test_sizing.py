@@ -103,8 +103,8 @@ def test_pod_memory_by_hand():
 def test_pod_memory_from_the_measured_worker_peak():
     tp = Throughput.load(str(CAPACITY_10K))
     # The file is re-measured by every capacity run: read its peak, then do the sum by hand
-    # (e.g. at a 726 MB peak, 16 x peak + 1 GiB, x 1.25, + 1 GiB = 15.78 GiB: 16Gi, up to a 739 MB peak;
-    # 8 CPUs 9.01 GiB: 10Gi; the head at a 367 MB driver peak, (peak + 2 GiB) x 1.25 + 1 GiB = 3.93 GiB: 4Gi).
+    # (e.g. at a 606 MB peak, 16 x peak + 1 GiB, x 1.25, + 1 GiB = 13.54 GiB: 14Gi; 8 CPUs 7.90 GiB: 8Gi;
+    # the head at a 406 MB driver peak, (peak + 2 GiB) x 1.25 + 1 GiB = 3.97 GiB: 4Gi).
     with open(CAPACITY_10K) as f:
         mem = json.load(f)["memory"]
     peak, driver = mem["worker_peak_rss_bytes"], mem["driver_peak_rss_bytes"]
