@@ -428,6 +428,7 @@ def run_capacity(req: CapacityRequest, stream: TextIO | None = sys.stderr) -> di
             "settings": settings_to_json(req.settings), "cpus": cpus, "shards": s["shards"]["planned"],
             "shards_failed": len(s["shards"]["failed"]), "shard_work": req.shard_work,
             "wall_seconds": wall, "ray_start_seconds": tm.get("ray_init"), "plan_seconds": tm.get("plan"),
+            "warm_up_seconds": tm.get("warm_up"), "ray_stop_seconds": tm.get("ray_stop"),
             "fan_out_seconds": tm.get("fan_out"), "summary_seconds": tm.get("summary"),
             "accounts_in": c["accounts_in"], "accounts_out": c["accounts_out"],
             "accounts_rebalanced": tot["accounts"]["rebalanced"], "accounts_rejected": tot["accounts"]["rejected"],

@@ -158,10 +158,12 @@ def run_book(req: RunRequest, stream: TextIO | None = sys.stderr) -> RunOutcome:
         print(f"run {run_id}: {len(plan.shards)} shards of {plan.households:,.0f} households"
               + (f"; resuming, {len(records)} complete" if resumed else "") + f" -> {layout.uri}", file=stream)
 
+    t = time.perf_counter()
     if todo and req.solver != "reference":
         # Compile the fast solver's kernel here, once, or load it from numba's cache: the workers
         # of this machine then load it (under a second) instead of each compiling it (~40 s).
         fastsolve.warm_up()
+    t_warm = time.perf_counter() - t
     t = time.perf_counter()
     started_ray = connect_ray(req.address, req.num_cpus) if todo else False
     t_init = time.perf_counter() - t
@@ -218,11 +220,14 @@ def run_book(req: RunRequest, stream: TextIO | None = sys.stderr) -> RunOutcome:
             ray.kill(progress)
     finally:
         t_fan = time.perf_counter() - t_fan
+        t = time.perf_counter()
         if started_ray:
-            ray.shutdown()
+            ray.shutdown()  # a local Ray this run started (about 1.5 s); none where it joined a cluster
+        t_stop = time.perf_counter() - t
 
     t = time.perf_counter()
-    timings = {"plan": t_plan, "ray_init": t_init, "fan_out": t_fan if ran_now or failed else 0.0}
+    timings = {"plan": t_plan, "warm_up": t_warm, "ray_init": t_init, "fan_out": t_fan if ran_now or failed else 0.0,
+               "ray_stop": t_stop}
     summary = build_summary(run, plan, book.info, records, ran_now, failed, timings, cpus, attempts)
     summary["out"] = layout.uri
     summary["timings"]["summary"] = time.perf_counter() - t

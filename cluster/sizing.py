@@ -8,8 +8,8 @@ docs/sizing.md.
 What is **measured** (from the capacity file): task seconds per household
 (``stages.total.task_seconds`` / ``run.households``), households per account, the book's mix of
 lots and positions (which sets the number of shards), how well the CPUs were kept busy during
-the fan-out, the driver's fixed time (Ray start, planning, summary), and the peak resident
-memory of a task process and of the driver.
+the fan-out, the driver's fixed time (Ray start and stop, planning, the kernel's warm-up,
+summary), and the peak resident memory of a task process and of the driver.
 
 What is **assumed** (:class:`Overheads`, parameters with defaults): how long a fresh cluster
 takes to come up (head pod, image pull, job submission), how long workers take to join from
@@ -94,7 +94,7 @@ class Throughput:
     shard_work: float
     task_seconds: float          # stages.total.task_seconds: all shards, all stages
     fan_out_seconds: float
-    driver_seconds: float        # Ray start + planning + summary: the run's fixed time
+    driver_seconds: float        # Ray start and stop + planning + kernel warm-up + summary: the run's fixed time
     wall_seconds: float
     worker_peak_rss_bytes: int   # largest peak over the task processes
     driver_peak_rss_bytes: int
@@ -118,7 +118,8 @@ class Throughput:
         if _get(obj, "run.complete", source) is not True:
             raise SizingError(f"{source}: the measured run is not complete; its figures cannot size a cluster")
         run = _get(obj, "run", source)
-        driver = sum(float(run.get(k) or 0.0) for k in ("ray_start_seconds", "plan_seconds", "summary_seconds"))
+        driver = sum(float(run.get(k) or 0.0)
+                     for k in ("ray_start_seconds", "plan_seconds", "warm_up_seconds", "ray_stop_seconds", "summary_seconds"))
         return cls(
             source=source, created=str(obj.get("created", "")), solver=str(run.get("solver", "")),
             cpu_model=str(obj.get("machine", {}).get("cpu_model", "")),

@@ -103,7 +103,7 @@ def test_pod_memory_by_hand():
 def test_pod_memory_from_the_measured_worker_peak():
     tp = Throughput.load(str(CAPACITY_10K))
     # The file is re-measured by every capacity run: read its peak, then do the sum by hand
-    # (e.g. at a 606 MB peak, 16 x peak + 1 GiB, x 1.25, + 1 GiB = 13.54 GiB: 14Gi; 8 CPUs 7.90 GiB: 8Gi;
+    # (e.g. at a 610 MB peak, 16 x peak + 1 GiB, x 1.25, + 1 GiB = 13.61 GiB: 14Gi; 8 CPUs 7.93 GiB: 8Gi;
     # the head at a 406 MB driver peak, (peak + 2 GiB) x 1.25 + 1 GiB = 3.97 GiB: 4Gi).
     with open(CAPACITY_10K) as f:
         mem = json.load(f)["memory"]
