@@ -42,6 +42,20 @@ def kernel(request, monkeypatch):
     return request.param
 
 
+def test_lookthrough_products_from_its_entries_equal_the_dense_ones(problems):
+    """L' a and a L from L's entries (sparse households) or its dense matrix (the rest) agree
+    with the dense products, and the dense matrix rebuilt from the entries is L."""
+    seen = set()
+    for p in problems[:60]:
+        L, look = p.lookthrough, p.look
+        a = np.random.default_rng(p.household_id).normal(size=(3, L.shape[0]))
+        assert np.allclose(look.t_dot(a[0]), L.T @ a[0], rtol=1e-12, atol=1e-14)
+        assert np.allclose(look.rows_dot(a), a @ L, rtol=1e-12, atol=1e-14)
+        assert np.array_equal(LookThrough.of_dense(L).dense, L)
+        seen.add(look.sparse)
+    assert seen == {True, False}  # both routes ran
+
+
 def test_risk_structure_is_exact(problems):
     import dataclasses
     big = next(p for p in problems if len(p.securities) >= 100)
