@@ -14,7 +14,7 @@ The Newton system is the one in fastsolve's docstring: K^-1 by push-through, (I 
 Woodbury with the core ``I + Z' T W`` (r = k + 2e), built from the one product above and
 gathers (Z3 = I_E and W2 = 2 lambda I_E are unit blocks on the hubs) and reduced exactly to
 order k + e (``_factor``); P times the Woodbury solution is read off the core's solution
-(``_solve_sec``), not a second product with Z and W. A dense household is the case Z = I
+(``_P_solve_sec``), not a second product with Z and W. A dense household is the case Z = I
 (W = P, no hubs): the core is I + T P. The core and the row Schur complement are solved by LU
 factors with partial pivoting (``_lu``), not inverted: fund households, whose flat optimal
 faces make the last iterations sensitive to rounding, end optimal more often that way.
@@ -122,11 +122,12 @@ def _P(U, Dp, Wc, Zct, hub, w2, k):
 
 
 @njit(**_JIT)
-def _solve_sec(R, Delta, t, Dp, core, piv, adp, Wc, Zct, hub, w2, k):
-    """(I + S P)^-1 R for R (n, c) by Woodbury, and P times it: (zz, P zz). ``core``: the LU
-    factors (pivots ``piv``) of the core reduced to order k + e, ``adp`` its block Adp (see
-    _factor). The core's solution v is [Z1 Z2 Z3]' zz exactly (core v = Z' Delta^-1 R), so
-    P zz = Dp zz + W v, and W v is the product zz needs anyway: no second pass over Z and W."""
+def _P_solve_sec(R, Delta, t, Dp, core, piv, adp, Wc, Zct, hub, w2, k):
+    """P zz with zz = (I + S P)^-1 R for R (n, c), by Woodbury (what every caller needs; zz
+    itself none). ``core``: the LU factors (pivots ``piv``) of the core reduced to order k + e,
+    ``adp`` its block Adp (see _factor). The core's solution v is [Z1 Z2 Z3]' zz exactly
+    (core v = Z' Delta^-1 R), so P zz = Dp zz + W v, and W v is the product zz needs anyway:
+    no second pass over Z and W."""
     n, c = R.shape
     e = len(hub)
     q = k + e
@@ -166,9 +167,8 @@ def _solve_sec(R, Delta, t, Dp, core, piv, adp, Wc, Zct, hub, w2, k):
     P = np.empty((n, c))
     for j in range(n):
         for b in range(c):
-            Ud[j, b] -= t[j] * wv[j, b]
-            P[j, b] = Dp[j] * Ud[j, b] + wv[j, b]
-    return Ud, P
+            P[j, b] = Dp[j] * (Ud[j, b] - t[j] * wv[j, b]) + wv[j, b]
+    return P
 
 
 @njit(**_JIT)
@@ -278,7 +278,7 @@ def _factor(Einv, s, y, sec, row, sign, gb, brow, Dp, Wc, Zct, hub, w2, k, core,
             GEG[row[j], brow] += eg
             GEG[brow, row[j]] += eg
             GEG[brow, brow] += Einv[j] * gb[j] * gb[j]
-    PMs = _solve_sec(M, Delta, t, Dp, core, piv, adp, Wc, Zct, hub, w2, k)[1]
+    PMs = _P_solve_sec(M, Delta, t, Dp, core, piv, adp, Wc, Zct, hub, w2, k)
     schur = GEG - np.dot(M.T, PMs)
     for i in range(m):
         schur[i, i] += s[i] / y[i]
@@ -419,7 +419,7 @@ def _reduced(r1, r2, Einv, sec, row, sign, gb, brow, Delta, t, core, piv, adp, M
     er = np.empty(nv)
     for j in range(nv):
         er[j] = Einv[j] * r1[j]
-    Pzz = _solve_sec(_A(sec, sign, er, n), Delta, t, Dp, core, piv, adp, Wc, Zct, hub, w2, k)[1]
+    Pzz = _P_solve_sec(_A(sec, sign, er, n), Delta, t, Dp, core, piv, adp, Wc, Zct, hub, w2, k)
     gk = _G(row, sign, gb, brow, er, m) - np.dot(M.T, Pzz)[:, 0]
     rhs = np.empty((m, 1))
     for i in range(m):
