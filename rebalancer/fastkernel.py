@@ -179,26 +179,39 @@ def _A(sec, sign, v, n):
     return u
 
 
-@njit(**_JIT)
+# Sums over a household's variables may be reassociated: a sum in one running total waits on
+# every add before it (4 cycles each), where partial sums in vector lanes do not.
+_SUM = dict(_JIT, fastmath={"reassoc"})
+
+
+@njit(**_SUM)
 def _G(row, sign, gb, brow, v, m):
-    """G v: the cash rows (one per account), then the budget row where there is one. Each run
-    of equal rows is summed in a register (a household's variables come account by account):
-    a scatter into a handful of slots would chain every add through memory."""
+    """G v: the cash rows (one per account), then the budget row where there is one. One masked
+    sum per row (a household has at most a handful), each vectorized: a scatter into the rows
+    chained every add through memory, and a running total per run of rows through a register."""
     out = np.zeros(m)
-    if len(v):
-        cur, acc = row[0], 0.0
+    na = m - 1 if brow >= 0 else m
+    for i in range(na):
+        acc = 0.0
         for j in range(len(v)):
-            if row[j] != cur:
-                out[cur] += acc
-                cur, acc = row[j], 0.0
-            acc += sign[j] * v[j]
-        out[cur] += acc
+            acc += sign[j] * v[j] if row[j] == i else 0.0
+        out[i] = acc
     if brow >= 0:
         acc = 0.0
         for j in range(len(v)):
             acc += gb[j] * v[j]
-        out[brow] += acc
+        out[brow] = acc
     return out
+
+
+@njit(**_SUM)
+def _comp(tl, zl, tu, zu, al, dx, dzl, dzu):
+    """sum (tl + al dx) (zl + al dzl) + (tu - al dx) (zu + al dzu): the complementarity of the
+    point a step al along (dx, dzl, dzu) (al = 0: of the point itself)."""
+    acc = 0.0
+    for j in range(len(tl)):
+        acc += (tl[j] + al * dx[j]) * (zl[j] + al * dzl[j]) + (tu[j] - al * dx[j]) * (zu[j] + al * dzu[j])
+    return acc
 
 
 @njit(**_JIT)
@@ -325,20 +338,23 @@ def _household(sec, row, sign, gb, brow, lb, ub, fin, c, q2, d0, Dp, Wc, Zct, hu
     iters, optimal = 0, False
     _keep(x, zl, zu, y, x_out, zl_out, zu_out, y_out)
     tl, tu, rd, rp = np.empty(nv), np.empty(nv), np.empty(nv), np.empty(m)
+    itl, itu, izl, izu1 = np.empty(nv), np.empty(nv), np.empty(nv), np.empty(nv)
     Einv, E_true = np.empty(nv), np.empty(nv)
     core, piv, spiv = np.empty((k + e, k + e)), np.empty(k + e, np.int64), np.empty(m, np.int64)
     adp = np.empty((k + e, e))
     dx, dy, dzl, dzu, ds = np.empty(nv), np.empty(m), np.empty(nv), np.empty(nv), np.empty(m)
-    rl, ru, rs, zu1 = np.empty(nv), np.empty(nv), np.empty(m), np.empty(nv)
+    rl, ru, rs = np.empty(nv), np.empty(nv), np.empty(m)
     for it in range(max_iter + 1):
         for j in range(nv):
             tl[j] = x[j] - lb[j]
             tu[j] = fin[j] * (ub[j] - x[j]) + (1.0 - fin[j])
+        for j in range(nv):  # the reciprocals every pass below needs, in one loop that vectorizes
+            itl[j] = 1.0 / tl[j]
+            itu[j] = 1.0 / tu[j]
         _residuals(x, s, zl, zu, y, sec, row, sign, gb, brow, c, q2, d0, h, Dp, Wc, Zct, hub, w2, k, rd, rp)
-        comp = 0.0
+        comp = _comp(tl, zl, tu, zu, 0.0, rd, rd, rd)
         rd_max = 0.0
         for j in range(nv):
-            comp += tl[j] * zl[j] + tu[j] * zu[j]
             a = abs(rd[j])
             if a > rd_max or a != a:
                 rd_max = a
@@ -362,7 +378,7 @@ def _household(sec, row, sign, gb, brow, lb, ub, fin, c, q2, d0, Dp, Wc, Zct, hu
             break
         # the Newton system
         for j in range(nv):
-            E_true[j] = q2[j] + zl[j] / tl[j] + zu[j] / tu[j]
+            E_true[j] = q2[j] + zl[j] * itl[j] + zu[j] * itu[j]
             Einv[j] = 1.0 / (E_true[j] + reg)
         Delta, t, M, PMs, schur, ok = _factor(Einv, s, y, sec, row, sign, gb, brow, Dp, Wc, Zct, hub, w2, k, core,
                                               piv, adp, spiv)
@@ -376,19 +392,17 @@ def _household(sec, row, sign, gb, brow, lb, ub, fin, c, q2, d0, Dp, Wc, Zct, hu
             ru[j] = -tu[j] * zu[j]
         for i in range(m):
             rs[i] = -s[i] * y[i]
-        _direction(rl, ru, rs, rd, rp, tl, tu, zl, zu, s, y, E_true, Einv, sec, row, sign, gb, brow, Delta, t,
+        _direction(rl, ru, rs, rd, rp, itl, itu, zl, zu, s, y, E_true, Einv, sec, row, sign, gb, brow, Delta, t,
                    core, piv, adp, M, PMs, schur, spiv, Dp, Wc, Zct, hub, w2, k, 0, dx, dy, dzl, dzu, ds)
         if recentre and it == 0:
             _recentre(x, s, zl, zu, y, dx, dy, dzl, dzu, ds, lb, ub, fin, span, rc_shift, rc_floor,
                       rd_max, rp_max, tol_d, tol, sec, row, sign, gb, brow, c, q2, d0, h, Dp, Wc, Zct, hub, w2, k)
             continue
         for j in range(nv):
-            zu1[j] = zu[j] + (1.0 - fin[j])
-        al = min(1.0, _step(dx, dy, dzl, dzu, ds, tl, tu, zl, zu1, fin, s, y))
-        comp_aff = 0.0
-        for j in range(nv):
-            comp_aff += ((tl[j] + al * dx[j]) * (zl[j] + al * dzl[j])
-                         + (tu[j] - al * dx[j]) * (zu[j] + al * dzu[j]))
+            izl[j] = 1.0 / zl[j]
+            izu1[j] = 1.0 / (zu[j] + (1.0 - fin[j]))
+        al = min(1.0, _step(dx, dy, dzl, dzu, ds, itl, itu, izl, izu1, fin, s, y))
+        comp_aff = _comp(tl, zl, tu, zu, al, dx, dzl, dzu)
         for i in range(m):
             comp_aff += (s[i] + al * ds[i]) * (y[i] + al * dy[i])
         sigma = min(max((comp_aff / max(comp, 1e-300)) ** 3, 0.0), 1.0)
@@ -398,9 +412,9 @@ def _household(sec, row, sign, gb, brow, lb, ub, fin, c, q2, d0, Dp, Wc, Zct, hu
             ru[j] = fin[j] * (smu - tu[j] * zu[j] + dx[j] * dzu[j])
         for i in range(m):
             rs[i] = smu - s[i] * y[i] - ds[i] * dy[i]
-        _direction(rl, ru, rs, rd, rp, tl, tu, zl, zu, s, y, E_true, Einv, sec, row, sign, gb, brow, Delta, t,
+        _direction(rl, ru, rs, rd, rp, itl, itu, zl, zu, s, y, E_true, Einv, sec, row, sign, gb, brow, Delta, t,
                    core, piv, adp, M, PMs, schur, spiv, Dp, Wc, Zct, hub, w2, k, refine, dx, dy, dzl, dzu, ds)
-        al = min(1.0, step_frac * _step(dx, dy, dzl, dzu, ds, tl, tu, zl, zu1, fin, s, y))
+        al = min(1.0, step_frac * _step(dx, dy, dzl, dzu, ds, itl, itu, izl, izu1, fin, s, y))
         for j in range(nv):
             x[j] += al * dx[j]
             zl[j] += al * dzl[j]
@@ -434,14 +448,15 @@ def _reduced(r1, r2, Einv, sec, row, sign, gb, brow, Delta, t, core, piv, adp, M
 
 
 @njit(**_JIT)
-def _direction(rl, ru, rs, rd, rp, tl, tu, zl, zu, s, y, E_true, Einv, sec, row, sign, gb, brow, Delta, t, core, piv,
+def _direction(rl, ru, rs, rd, rp, itl, itu, zl, zu, s, y, E_true, Einv, sec, row, sign, gb, brow, Delta, t, core, piv,
                adp, M, PMs, schur, spiv, Dp, Wc, Zct, hub, w2, k, refine, dx, dy, dzl, dzu, ds):
     """The Newton direction for complementarity right-hand sides rl, ru, rs (in place), with
-    ``refine`` rounds of iterative refinement against the unregularized system."""
+    ``refine`` rounds of iterative refinement against the unregularized system. ``itl``,
+    ``itu``: the reciprocals of the distances to the bounds."""
     nv, n, m = len(rl), len(Delta), len(rs)
     r1 = np.empty(nv)
     for j in range(nv):
-        r1[j] = -rd[j] + rl[j] / tl[j] - ru[j] / tu[j]
+        r1[j] = -rd[j] + rl[j] * itl[j] - ru[j] * itu[j]
     r2 = np.empty(m)
     for i in range(m):
         r2[i] = -rp[i] - rs[i] / y[i]
@@ -464,20 +479,32 @@ def _direction(rl, ru, rs, rd, rp, tl, tu, zl, zu, s, y, E_true, Einv, sec, row,
             for i in range(m):
                 dy[i] += cy[i]
     for j in range(nv):
-        dzl[j] = (rl[j] - zl[j] * dx[j]) / tl[j]
-        dzu[j] = (ru[j] + zu[j] * dx[j]) / tu[j]
+        dzl[j] = (rl[j] - zl[j] * dx[j]) * itl[j]
+        dzu[j] = (ru[j] + zu[j] * dx[j]) * itu[j]
     for i in range(m):
         ds[i] = (rs[i] - s[i] * dy[i]) / y[i]
 
 
 @njit(**_JIT)
-def _step(dx, dy, dzl, dzu, ds, tl, tu, zl, zu1, fin, s, y):
-    """The largest step keeping every slack and dual >= 0 (NaN rates skipped, as np.fmax)."""
-    top = -np.inf
+def _step(dx, dy, dzl, dzu, ds, itl, itu, izl, izu1, fin, s, y):
+    """The largest step keeping every slack and dual >= 0 (NaN rates skipped, as np.fmax), from
+    the reciprocals of the slacks and duals (zu1: zu, 1 where there is no upper bound). A
+    running maximum per kind of rate: one maximum over all four chained every compare."""
+    t0, t1, t2, t3 = -np.inf, -np.inf, -np.inf, -np.inf
     for j in range(len(dx)):
-        for v in (-dx[j] / tl[j], dx[j] * fin[j] / tu[j], -dzl[j] / zl[j], -dzu[j] / zu1[j]):
-            if v > top:
-                top = v
+        a = -dx[j] * itl[j]
+        b = dx[j] * fin[j] * itu[j]
+        c = -dzl[j] * izl[j]
+        d = -dzu[j] * izu1[j]
+        if a > t0:
+            t0 = a
+        if b > t1:
+            t1 = b
+        if c > t2:
+            t2 = c
+        if d > t3:
+            t3 = d
+    top = max(max(t0, t1), max(t2, t3))
     for i in range(len(s)):
         for v in (-ds[i] / s[i], -dy[i] / y[i]):
             if v > top:

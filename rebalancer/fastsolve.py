@@ -129,29 +129,28 @@ _WARM_ROW = 1e-3
 _STALL_FROM = 6  # iterations before a rise of the merit counts as a stall (a warm start may rise first)
 
 
-def risk_structure(p: HouseholdProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(Dp, W, Z) with the risk matrix ``P = 2 lambda (X F X' + L D L') = diag(Dp) + W Z'``."""
+def _risk_parts(p: HouseholdProblem) -> tuple:
+    """(lam2, XC, dg, E, V1) with ``P = lam2 (XC XC' + diag(dg) + I_E V1' + U2 I_E')``: XC (n, k)
+    the factor part (X F X' = XC XC'); dg the diagonal of L D L'; E the hubs, a vertex cover of
+    the off-diagonal coupling of L D L' (securities that look through to several risk assets,
+    ETFs, and of other securities on one risk asset with a specific variance all but one);
+    V1 (n, |E|) the hubs' columns of L D L' off its diagonal; U2 = V1 off the hubs' rows.
+    Where that rank (k + 2 |E|) would be no smaller than n (a small fund household: dense
+    products are the cheaper), (lam2, XC, None, None, None) and P is made dense (_dense_P).
+
+    From L's entries row by row, where L is sparse: the dense route (L != 0, (L * L) @ d,
+    L[E] D L') cost 1.2 ms of a direct-indexed household's 512 x 523 L with 2,900 entries, and
+    V1 by one reduceat over the entries 0.5 ms, by rows here 0.1."""
     lam2 = 2.0 * p.risk_aversion
     n = len(p.securities)
-    XC = p.exposures @ p.factor_chol  # (n, k): X F X' = XC XC'
-    k = XC.shape[1]
+    XC = p.exposures @ p.factor_chol
     d = p.specific_var
-    # From L's entries (row by row): the dense route (L != 0, (L * L) @ d, L[E] D L') cost
-    # 1.2 ms of a direct-indexed household's 512 x 523 L with 2,900 entries, this route 0.4.
     rows, cols, vals = p.look.rows, p.look.cols, p.look.vals
     count = np.bincount(rows, minlength=n)
     first = np.cumsum(count) - count  # each row's first entry
-    # A vertex cover of the off-diagonal coupling of L D L': securities that look through to
-    # several assets (ETFs), and of other securities on one risk asset (with a specific
-    # variance) all but one.
     hub = count > 1
-    # Hubs alone making the low-rank form no smaller than n: P is dense (a small fund
-    # household; dense products are cheaper than structure there).
-    if k + 2 * int(np.count_nonzero(hub)) >= n:
-        Ld = p.lookthrough
-        LD = Ld * d
-        P = XC @ XC.T + LD @ Ld.T
-        return np.zeros(n), lam2 * 0.5 * (P + P.T), np.eye(n)  # exactly symmetric
+    if XC.shape[1] + 2 * int(np.count_nonzero(hub)) >= n:
+        return lam2, XC, None, None, None
     r1 = np.flatnonzero(count == 1)
     c1 = cols[first[r1]]  # the one risk asset of each
     keep = d[c1] != 0.0
@@ -160,23 +159,49 @@ def risk_structure(p: HouseholdProblem) -> tuple[np.ndarray, np.ndarray, np.ndar
     r1, c1 = r1[order], c1[order]
     hub[r1[:-1][c1[1:] == c1[:-1]]] = True
     E = np.flatnonzero(hub)
-    if k + 2 * len(E) >= n:
-        Ld = p.lookthrough
-        LD = Ld * d
-        P = lam2 * (XC @ XC.T + LD @ Ld.T)
-        return np.zeros(n), 0.5 * (P + P.T), np.eye(n)
+    e = len(E)
+    if XC.shape[1] + 2 * e >= n:
+        return lam2, XC, None, None, None
     dg = np.bincount(rows, weights=vals * vals * d[cols], minlength=n)
-    # (n, |E|): the hubs' columns of L D L' off its diagonal, summed entry by entry
-    V1 = np.zeros((n, len(E)))
-    held = np.flatnonzero(count)
-    at = np.full(n, -1)
-    at[E] = np.arange(len(E))
-    on = np.flatnonzero(at[rows] >= 0)
-    LE = np.zeros((len(E), len(d)))  # the hubs' rows of L D
-    LE[at[rows[on]], cols[on]] = vals[on] * d[cols[on]]
-    V1[held] = np.add.reduceat(vals[:, None] * LE[:, cols].T, first[held], axis=0)
-    V1[E, np.arange(len(E))] = 0.0
-    U2 = V1.copy()  # R = I_E V1' + U2 I_E' with U2 = V1 off the hubs' rows
+    # The rows of L with several entries (ETFs) and the hubs' rows, dense: (|R|, m)
+    multi = np.flatnonzero(count > 1)
+    R = np.union1d(multi, E)
+    pos = np.full(n, -1)
+    pos[R] = np.arange(len(R))
+    onR = np.flatnonzero(pos[rows] >= 0)
+    m = len(d)
+    LR = np.zeros((len(R), m))
+    LR.reshape(-1)[pos[rows[onR]] * m + cols[onR]] = vals[onR]
+    LEt = (LR[pos[E]] * d).T  # the hubs' rows of L D, transposed: (m, |E|)
+    # V1 = L LEt: a row of one entry (a, v) is v LEt[a]; the rows of several, one product
+    V1 = np.empty((n, e))
+    one = np.flatnonzero(count == 1)
+    V1[one] = vals[first[one], None] * LEt[cols[first[one]]]
+    V1[count == 0] = 0.0
+    V1[multi] = LR[pos[multi]] @ LEt
+    V1[E, np.arange(e)] = 0.0
+    return lam2, XC, dg, E, V1
+
+
+def _dense_P(p: HouseholdProblem, parts) -> np.ndarray:
+    """P (n, n), exactly symmetric, from the dense L (a fund household's: 15% entries, and
+    already made for its other products)."""
+    lam2, XC = parts[:2]
+    Ld = p.lookthrough
+    P = lam2 * (XC @ XC.T + (Ld * p.specific_var) @ Ld.T)
+    return 0.5 * (P + P.T)
+
+
+def risk_structure(p: HouseholdProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Dp, W, Z) with the risk matrix ``P = 2 lambda (X F X' + L D L') = diag(Dp) + W Z'``:
+    W = lam2 [XC, I_E, U2], Z = [XC, V1, I_E] (see _risk_parts); where that rank would be no
+    smaller than n, the dense form Dp = 0, W = P, Z = I."""
+    parts = _risk_parts(p)
+    n = len(p.securities)
+    if parts[2] is None:
+        return np.zeros(n), _dense_P(p, parts), np.eye(n)
+    lam2, XC, dg, E, V1 = parts
+    U2 = V1.copy()
     U2[E, :] = 0.0
     I_E = np.zeros((n, len(E)))
     I_E[E, np.arange(len(E))] = 1.0
@@ -755,7 +780,6 @@ def solve_batch(problems: list[HouseholdProblem], tolerance: float = 1e-8,
     if starts is not None and len(starts) != len(problems):
         raise ValueError(f"{len(starts)} warm starts for {len(problems)} problems")
     t0 = time.perf_counter()
-    structs = [p.derived_risk("fastsolve.risk_structure", risk_structure) for p in problems]
     xs = [np.where(p.ub > p.lb + 1e-15, 0.0, p.lb) for p in problems]
     zls = [np.zeros(len(p.lb)) for p in problems]
     zus = [np.zeros(len(p.lb)) for p in problems]
@@ -766,11 +790,16 @@ def solve_batch(problems: list[HouseholdProblem], tolerance: float = 1e-8,
     rd = np.zeros(len(problems))
     optimal = np.ones(len(problems), bool)  # a problem with nothing free is solved
     todo = [i for i, p in enumerate(problems) if np.any(p.ub > p.lb + 1e-15)]
-    compiled = []
+    dense = np.zeros(len(problems), bool)
+    compiled, groups = [], []
     if _use_compiled(kernel):
-        compiled, todo = todo, []
-    groups = [_group(problems, structs, ids) for ids in _chunks(problems, structs, todo)]
-    items = [_kernel_item(problems[i], structs[i], None if starts is None else starts[i], robust) for i in compiled]
+        compiled = todo
+        items = [_kernel_item(problems[i], None if starts is None else starts[i], robust) for i in compiled]
+        dense[compiled] = [item["dense"] for item in items]
+    else:
+        structs = [p.derived_risk("fastsolve.risk_structure", risk_structure) for p in problems]
+        groups = [_group(problems, structs, ids) for ids in _chunks(problems, structs, todo)]
+        dense[:] = [_is_dense(st) for st in structs]
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     warmed = np.zeros(len(problems), bool)
@@ -819,7 +848,7 @@ def solve_batch(problems: list[HouseholdProblem], tolerance: float = 1e-8,
     if again:
         _keep_better(out, again, solve_batch([problems[i] for i in again], tolerance, kernel=kernel),
                      "cold, after a warm start")
-    again = [] if robust else [i for i, r in enumerate(out) if r.status == SolveStatus.FAILED and _is_dense(structs[i])]
+    again = [] if robust else [i for i, r in enumerate(out) if r.status == SolveStatus.FAILED and dense[i]]
     if again:
         _keep_better(out, again, solve_batch([problems[i] for i in again], tolerance, robust=True, kernel=kernel),
                      "robust settings, after")
@@ -843,7 +872,7 @@ def _kernel_params() -> tuple:
             float(_DUAL_TOL), float(_GAP_TOL), int(_STALL_FROM), float(shift), float(floor))
 
 
-def _kernel_item(p: HouseholdProblem, struct, start: WarmStart | None, robust: bool) -> dict:
+def _kernel_item(p: HouseholdProblem, start: WarmStart | None, robust: bool) -> dict:
     """One household's arrays and settings for fastkernel.solve_households: its free variables
     (in their order in p); the risk structure as P = Dp + W Z' with W's blocks [W1 W3], Z's
     [Z1 Z2] (transposed), the hubs and W2's entries (a dense household: Dp = 0, W = P, Z = I
@@ -854,8 +883,8 @@ def _kernel_item(p: HouseholdProblem, struct, start: WarmStart | None, robust: b
     fixed_x = np.where(free, 0.0, p.lb)
     fi = np.flatnonzero(free)
     n, A = len(p.securities), p.n_accounts
-    dense = _is_dense(struct)
-    dp, k, hub, w2, Wc, Zct = p.derived_risk("fastsolve._kernel_risk", lambda q: _kernel_risk(q, struct))
+    dp, k, hub, w2, Wc, Zct = p.derived_risk("fastsolve._kernel_risk", _kernel_risk)
+    dense = Zct.shape[0] == 0
     has_b = math.isfinite(p.budget)
     sign = p.sign
     h = p.cash_rhs - np.bincount(p.account, weights=sign * fixed_x, minlength=A)
@@ -866,7 +895,7 @@ def _kernel_item(p: HouseholdProblem, struct, start: WarmStart | None, robust: b
     kind = "dense" if dense else "lowrank"
     x0, mu0 = _ROBUST["start"] if robust else _START[kind]
     item = dict(
-        free=fi, sec=p.security[fi], row=p.account[fi], sign=sign[fi].astype(float),
+        dense=dense, free=fi, sec=p.security[fi], row=p.account[fi], sign=sign[fi].astype(float),
         gb=p.gain[fi].astype(float) if has_b else np.zeros(len(fi)), lb=p.lb[fi].astype(float),
         ub=np.where(fin, ub, 0.0), fin=fin.astype(float), c=p.cost[fi].astype(float), q2=2.0 * p.impact[fi],
         d0=p.w0 - p.target + np.bincount(p.security, weights=sign * fixed_x, minlength=n), Dp=dp,
@@ -886,20 +915,27 @@ def _kernel_item(p: HouseholdProblem, struct, start: WarmStart | None, robust: b
     return item
 
 
-def _kernel_risk(p: HouseholdProblem, struct) -> tuple:
-    """The risk structure (Dp, W, Z) of ``p`` as the compiled kernel takes it: (Dp, k, hubs,
-    W2's entries, [W1 W3], [Z1 Z2]') (see _kernel_item); once per problem and the problems
-    restricted from it, as risk_structure."""
-    dp, w, z = struct
+def _kernel_risk(p: HouseholdProblem) -> tuple:
+    """The risk structure of ``p`` as the compiled kernel takes it, P = Dp + W Z' with W's
+    blocks [W1 W3], Z's [Z1 Z2] (transposed) and W2 = w2 I_E on the hubs: (Dp, k, hubs, w2,
+    [W1 W3], [Z1 Z2]') = (lam2 dg, k, E, lam2, lam2 [XC U2], [XC V1]') (risk_structure's W and
+    Z without their unit blocks, made from the parts directly); a dense household's
+    (0, n, no hubs, -, P, a (0, n) Zct: Z = I). Once per problem and the problems restricted
+    from it (derived_risk)."""
+    parts = _risk_parts(p)
     n = len(p.securities)
-    if _is_dense(struct):  # Z = I
-        return np.asarray(dp, float), n, np.zeros(0, np.int64), np.zeros(0), np.ascontiguousarray(w), np.zeros((0, n))
-    k = p.factor_chol.shape[1]
-    e = (w.shape[1] - k) // 2
-    hub = np.argmax(z[:, k + e:], axis=0)
-    return (np.asarray(dp, float), k, hub, w[hub, k + np.arange(e)],
-            np.ascontiguousarray(np.hstack([w[:, :k], w[:, k + e:]])),
-            np.ascontiguousarray(np.hstack([z[:, :k], z[:, k:k + e]]).T))
+    if parts[2] is None:
+        return np.zeros(n), n, np.zeros(0, np.int64), np.zeros(0), _dense_P(p, parts), np.zeros((0, n))
+    lam2, XC, dg, E, V1 = parts
+    k, e = XC.shape[1], len(E)
+    Wc = np.empty((n, k + e))
+    np.multiply(XC, lam2, out=Wc[:, :k])
+    np.multiply(V1, lam2, out=Wc[:, k:])
+    Wc[E, k:] = 0.0  # U2: V1 off the hubs' rows
+    Zct = np.empty((k + e, n))
+    Zct[:k] = XC.T
+    Zct[k:] = V1.T
+    return lam2 * dg, k, E.astype(np.int64), np.full(e, lam2), Wc, Zct
 
 
 def _keep_better(out: list[SolveResult], again: list[int], second: list[SolveResult], how: str) -> None:
