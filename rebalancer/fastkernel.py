@@ -205,9 +205,17 @@ def _G(row, sign, gb, brow, v, m):
 
 
 @njit(**_SUM)
-def _comp(tl, zl, tu, zu, al, dx, dzl, dzu):
-    """sum (tl + al dx) (zl + al dzl) + (tu - al dx) (zu + al dzu): the complementarity of the
-    point a step al along (dx, dzl, dzu) (al = 0: of the point itself)."""
+def _comp(tl, zl, tu, zu):
+    """sum tl zl + tu zu: the bounds' complementarity."""
+    acc = 0.0
+    for j in range(len(tl)):
+        acc += tl[j] * zl[j] + tu[j] * zu[j]
+    return acc
+
+
+@njit(**_SUM)
+def _comp_after(tl, zl, tu, zu, al, dx, dzl, dzu):
+    """The bounds' complementarity a step al along (dx, dzl, dzu)."""
     acc = 0.0
     for j in range(len(tl)):
         acc += (tl[j] + al * dx[j]) * (zl[j] + al * dzl[j]) + (tu[j] - al * dx[j]) * (zu[j] + al * dzu[j])
@@ -352,7 +360,7 @@ def _household(sec, row, sign, gb, brow, lb, ub, fin, c, q2, d0, Dp, Wc, Zct, hu
             itl[j] = 1.0 / tl[j]
             itu[j] = 1.0 / tu[j]
         _residuals(x, s, zl, zu, y, sec, row, sign, gb, brow, c, q2, d0, h, Dp, Wc, Zct, hub, w2, k, rd, rp)
-        comp = _comp(tl, zl, tu, zu, 0.0, rd, rd, rd)
+        comp = _comp(tl, zl, tu, zu)
         rd_max = 0.0
         for j in range(nv):
             a = abs(rd[j])
@@ -402,7 +410,7 @@ def _household(sec, row, sign, gb, brow, lb, ub, fin, c, q2, d0, Dp, Wc, Zct, hu
             izl[j] = 1.0 / zl[j]
             izu1[j] = 1.0 / (zu[j] + (1.0 - fin[j]))
         al = min(1.0, _step(dx, dy, dzl, dzu, ds, itl, itu, izl, izu1, fin, s, y))
-        comp_aff = _comp(tl, zl, tu, zu, al, dx, dzl, dzu)
+        comp_aff = _comp_after(tl, zl, tu, zu, al, dx, dzl, dzu)
         for i in range(m):
             comp_aff += (s[i] + al * ds[i]) * (y[i] + al * dy[i])
         sigma = min(max((comp_aff / max(comp, 1e-300)) ** 3, 0.0), 1.0)

@@ -74,6 +74,31 @@ def test_risk_structure_is_exact(problems):
     assert risk_structure(shared)[1].shape[1] == risk_structure(big)[1].shape[1] + 4  # rank k + 2 |E|
 
 
+def test_the_compiled_kernels_risk_form_is_the_risk_matrix(problems):
+    """fastsolve._kernel_risk (Dp, k, hubs, w2, [W1 W3], [Z1 Z2]'), made from the risk parts
+    directly, is P = Dp + W1 Z1' + W2 Z2' + W3 Z3' with W2 = w2 I_E and Z3 = I_E on the hubs; a
+    dense household's is P itself."""
+    from rebalancer.fastsolve import _kernel_risk
+    seen = set()
+    for p in problems:
+        dp, k, hub, w2, Wc, Zct = _kernel_risk(p)
+        n = len(p.securities)
+        P = 2 * p.risk_aversion * (p.exposures @ p.factor_cov @ p.exposures.T
+                                   + p.lookthrough @ np.diag(p.specific_var) @ p.lookthrough.T)
+        if Zct.shape[0] == 0:
+            seen.add("dense")
+            got = Wc
+            assert not np.any(dp) and len(hub) == 0
+        else:
+            seen.add("lowrank")
+            e = len(hub)
+            I_E = np.zeros((n, e))
+            I_E[hub, np.arange(e)] = 1.0
+            got = (np.diag(dp) + Wc[:, :k] @ Zct[:k] + (I_E * w2) @ Zct[k:] + Wc[:, k:] @ I_E.T)
+        assert np.abs(got - P).max() <= 1e-10 * max(1.0, np.abs(P).max()), p.household_id
+    assert seen == {"dense", "lowrank"}
+
+
 def test_batched_solver_agrees_with_the_reference(problems, kernel):
     small = [p for p in problems if len(p.securities) < 100]
     big = [p for p in problems if len(p.securities) >= 100]
