@@ -146,7 +146,8 @@ def _risk_parts(p: HouseholdProblem) -> tuple:
 
     From L's entries row by row, where L is sparse: the dense route (L != 0, (L * L) @ d,
     L[E] D L') cost 1.2 ms of a direct-indexed household's 512 x 523 L with 2,900 entries, and
-    V1 by one reduceat over the entries 0.5 ms, by rows here 0.1."""
+    V1 by one reduceat over every entry 0.47 ms of the rest (line-profiled); made by rows here,
+    the kernel's whole risk form takes 0.28-0.41 ms against 0.50-0.59."""
     lam2 = 2.0 * p.risk_aversion
     n = len(p.securities)
     XC = p.exposures @ p.factor_chol
