@@ -102,7 +102,7 @@ def run_figures(summary: dict, book_value: float) -> dict:
         "losses_harvested_share_of_value_rebalanced": h["losses_harvested_share_of_value"],
         "gains_realized": usd["realized_st_gain"] + usd["realized_lt_gain"],
         "realized": {k: usd[k] for k in ("realized_st_gain", "realized_st_loss", "realized_lt_gain", "realized_lt_loss",
-                                         "disallowed_loss")},
+                                         "disallowed_loss", "loss_deferred", "loss_destroyed")},
         "net_realized_gain": h["net_realized_gain"],
         "tax": usd["tax"],
         "naive_tax": usd["naive_tax"],

@@ -174,7 +174,8 @@ def format_summary(s: dict, run_uri: str) -> str:
         f"sold {_usd(usd['sold'])}; turnover {_pct(h['turnover'])} of {_usd(h['value_rebalanced'])}",
         f"Realized   ST {_usd(usd['realized_st_gain'])} gains, {_usd(usd['realized_st_loss'])} losses; "
         f"LT {_usd(usd['realized_lt_gain'])} gains, {_usd(usd['realized_lt_loss'])} losses; "
-        f"disallowed (wash sales) {_usd(usd['disallowed_loss'])}",
+        f"disallowed (wash sales) {_usd(usd['disallowed_loss'])}: deferred into basis {_usd(usd['loss_deferred'])}, "
+        f"destroyed by IRA replacements {_usd(usd['loss_destroyed'])}",
         f"Harvested  {_usd(h['losses_harvested'])} of losses = {_pct(h['losses_harvested_share_of_value'])} of value",
         f"Tax        {_usd(usd['tax'])} vs naive rebalance {_usd(usd['naive_tax'])}: saved or deferred "
         f"{_usd(usd['taxes_saved'])} (harvest {_usd(usd['harvest_value'])}, deferral {_usd(usd['deferral_value'])}, "

@@ -69,7 +69,16 @@ class Lots:
 
 @dataclass(frozen=True, eq=False)
 class RecentTrades:
-    """Trades of the last 31 days (wash-sale windows), arrays of shape (R,)."""
+    """Trades of the last 31 days (wash-sale windows), arrays of shape (R,).
+
+    realized_gain : USD, NaN for buys; a sale in a traditional IRA or Roth records its gain
+    against the position's basis, which is no tax loss (:mod:`rebalancer.washsale`).
+    matched : shares of a buy already matched as replacement shares of a loss sale (a share
+    disallows one loss only, Treas. Reg. 1.1091-1(e)); None: none. A book does not say which
+    buys its earlier loss sales were matched with, so a household read from one starts at None
+    (the conservative side: a buy may disallow again); :func:`rebalancer.simulate.apply_result`
+    carries the engine's own matches from day to day.
+    """
     account: np.ndarray
     security: np.ndarray
     date: np.ndarray  # datetime64[D]
@@ -77,6 +86,7 @@ class RecentTrades:
     shares: np.ndarray
     price: np.ndarray
     realized_gain: np.ndarray  # NaN for buys
+    matched: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.account)

@@ -6,8 +6,9 @@ harvesting, no deferral and no asset location. It keeps the rules a custodian ca
 never-sell lists, no buys of screened, never-buy or wash-blocked securities, and cash after
 trades at least the reserve (buys scaled down when a kept position leaves too little).
 
-Its tax uses the same accounting as the optimizer's: each lot at its own rate, and a loss
-gets no benefit when its group is bought in this run or was bought in the last 30 days.
+Its tax uses the same accounting as the optimizer's: each lot at its own rate, and the loss
+on as many of its loss shares as the household bought of the group in the last 30 days, or
+buys in this run, is disallowed (:func:`rebalancer.washsale.wash_match`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .household import TAXABLE, Household
 from .market import Market
 from .problem import HouseholdProblem, VarKind
 from .taxlots import fifo_order
+from .washsale import WashMatch, wash_match
 
 __all__ = ["NaiveRebalance", "naive_rebalance"]
 
@@ -32,7 +34,8 @@ class NaiveRebalance:
     lot_sold : (L,) value sold of each lot, USD. buy_account, buy_position, buy_value : (B,)
     the buys (account index, market position, USD), each account's in its target's order
     (arrays: a dict of them took 0.1 ms a household to build, and no caller looks one up).
-    loss_disallowed : (L,) lots whose loss the naive trades would have disallowed.
+    wash : its loss shares matched with replacement shares (its own buys included);
+    disallowed : (L,) USD (<= 0) of each lot's loss disallowed; loss_disallowed : (L,) some is.
     """
     x: np.ndarray
     lot_sold: np.ndarray
@@ -40,10 +43,13 @@ class NaiveRebalance:
     buy_position: np.ndarray
     buy_value: np.ndarray
     loss_disallowed: np.ndarray
+    disallowed: np.ndarray
+    wash: WashMatch
 
 
-def naive_rebalance(market: Market, hh: Household, p: HouseholdProblem) -> NaiveRebalance:
-    """The naive trades of ``hh``, as a point of ``p`` (whose account targets it follows).
+def naive_rebalance(market: Market, hh: Household, p: HouseholdProblem, window: int = 30) -> NaiveRebalance:
+    """The naive trades of ``hh``, as a point of ``p`` (whose account targets it follows);
+    ``window`` is the wash-sale window in days.
 
     Per account: each held security above its desired value (``max(value - reserve, 0)``
     times its target weight) is sold down to it, lot by lot first-in-first-out, securities in
@@ -139,10 +145,13 @@ def naive_rebalance(market: Market, hh: Household, p: HouseholdProblem) -> Naive
     b_ix = w_ix[amount > 0]
     amount = amount[amount > 0]
 
-    # In-run wash sales of the naive trades: a loss sale of a group it also buys is disallowed.
-    group_bought = np.zeros(len(market.wash_group_names), bool)
-    group_bought[market.wash_group[t_pos[b_ix]]] = True
-    run_disallowed = (lot_sold > 0) & group_bought[market.wash_group[lots.security]]
+    # Wash sales of the naive trades: its loss shares against the household's recent buys of
+    # their groups and its own buys of this run.
+    price = market.price[lots.security]
+    b_price = market.price[t_pos[b_ix]]
+    wash = wash_match(market, hh, p.date, lot_sold / price, (t_acc[b_ix], t_pos[b_ix], amount / b_price), window)
+    deferred, destroyed = wash.per_lot(L)
+    disallowed = deferred + destroyed
 
     # x: a taxable lot's sale on its own variable, an IRA lot's on its position's (summed in
     # lot order), a buy on its own.
@@ -157,7 +166,7 @@ def naive_rebalance(market: Market, hh: Household, p: HouseholdProblem) -> Naive
     x = np.zeros(p.n_vars)
     np.add.at(x, np.concatenate([var, buy_var[t_slot[b_ix]]]), np.concatenate([lot_sold[ls], amount]) / V)
     return NaiveRebalance(x=x, lot_sold=lot_sold, buy_account=t_acc[b_ix], buy_position=t_pos[b_ix], buy_value=amount,
-                          loss_disallowed=p.lots.disallowed | run_disallowed)
+                          loss_disallowed=disallowed < 0, disallowed=disallowed, wash=wash)
 
 
 def _running_totals(start: np.ndarray, group: np.ndarray, terms: np.ndarray, n: int) -> np.ndarray:

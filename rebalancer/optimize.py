@@ -50,6 +50,7 @@ from .reference import solve_reference
 from .schema import TradeReason
 from .settings import OptimizerSettings
 from .solution import SolveResult, SolveStatus, WarmStart
+from .washsale import WashMatch, wash_match
 
 __all__ = ["HouseholdStatus", "Trades", "HouseholdResult", "HouseholdInfeasible", "SolverFailure",
            "rebalance_household", "rebalance_households"]
@@ -91,7 +92,11 @@ class Trades:
     """Orders of one household, arrays (T,). ``account`` indexes the household's accounts,
     ``security`` is a market position, ``lot`` a household lot index (-1 for buys).
     realized_gain : USD (sells; 0 for buys); long_term : the sale is long-term;
-    loss_disallowed : a loss that wash-sale rules disallow; reason : TradeReason values."""
+    disallowed_loss : USD (<= 0), the part of a sell's loss the wash-sale rule disallows (pro
+    rata to the replacement shares, :func:`rebalancer.washsale.wash_match`; 0 for buys);
+    loss_destroyed : the part of it whose replacement is in an IRA or Roth (gone; the rest is
+    deferred into the replacement's basis); loss_disallowed : some of the loss is disallowed;
+    reason : TradeReason values."""
     account: np.ndarray
     security: np.ndarray
     lot: np.ndarray
@@ -103,6 +108,8 @@ class Trades:
     long_term: np.ndarray
     loss_disallowed: np.ndarray
     reason: np.ndarray
+    disallowed_loss: np.ndarray
+    loss_destroyed: np.ndarray
 
     def __len__(self) -> int:
         return len(self.account)
@@ -119,8 +126,12 @@ class HouseholdResult:
     objective; naive_feasible : those trades obey every rule of the problem (then
     objective_continuous <= naive_objective up to solver tolerance). taxes_saved : naive_tax - tax (DESIGN section 6), split
     into harvest_value (extra losses), deferral_value (gains not realized) and wait_value
-    (short-term gains left to turn long-term). accounts : per-account tracking error and active
-    share before, after and naive (:mod:`rebalancer.dispersion`). timings : seconds per stage.
+    (short-term gains left to turn long-term). Realized gains and losses are the allowed ones;
+    disallowed_loss (<= 0) is the wash-sale part apart, loss_deferred (into replacements' basis)
+    plus loss_destroyed (replacements in an IRA or Roth). wash : the matches themselves, which
+    :func:`rebalancer.simulate.apply_result` carries to the next day. accounts : per-account
+    tracking error and active share before, after and naive (:mod:`rebalancer.dispersion`).
+    timings : seconds per stage.
     """
     household_id: int
     status: HouseholdStatus
@@ -144,6 +155,8 @@ class HouseholdResult:
     realized_lt_gain: float
     realized_lt_loss: float
     disallowed_loss: float
+    loss_deferred: float
+    loss_destroyed: float
     tax: float
     naive_tax: float
     taxes_saved: float
@@ -157,6 +170,7 @@ class HouseholdResult:
     fee: float
     fallbacks: int = 0
     accounts: AccountFigures | None = None
+    wash: WashMatch = field(default_factory=WashMatch.empty)
     timings: dict = field(default_factory=dict)
 
     @property
@@ -227,7 +241,7 @@ def _steps(market: Market, hh: Household, settings: OptimizerSettings, date) -> 
     t = time.perf_counter()
     p0 = build_problem(market, hh, settings, date)
     lt = p0.lots
-    naive = naive_rebalance(market, hh, p0)
+    naive = naive_rebalance(market, hh, p0, settings.wash_window_days)
     # Every problem of the run is p0 with other bounds or budget (restrict, with_budget): the
     # same objective, and tracking variance, for all of them. The variances of the naive and
     # of the rounded trades are kept for te_naive and te_after (two products with the
@@ -288,7 +302,11 @@ def _steps(market: Market, hh: Household, settings: OptimizerSettings, date) -> 
     t = time.perf_counter()
     orders = round_solution(market, hh, best_p, best.x, lt, settings.min_weight)
     x_round = orders_to_x(best_p, hh, lt, orders)
-    trades = _trades(market, hh, best_p, orders, lt)
+    b_acc, b_i = np.nonzero(orders.buys > 0)  # the order of _trades' buy rows
+    wash = wash_match(market, hh, date, orders.sold, (b_acc, best_p.securities[b_i], orders.buys[b_acc, b_i]),
+                      settings.wash_window_days)
+    deferred, destroyed = wash.per_lot(len(hh.lots))
+    trades = _trades(market, hh, best_p, orders, lt, deferred + destroyed, destroyed)
     accounts = account_figures(p0, hh, x_round, naive.x)
     timings["postprocess"] = time.perf_counter() - t
 
@@ -297,15 +315,14 @@ def _steps(market: Market, hh: Household, settings: OptimizerSettings, date) -> 
     obj_round = best_p.objective(x_round, after_var) * V
     obj_cont = best.objective * V
     sells = ~trades.is_buy
-    allowed = sells & ~trades.loss_disallowed
-    g = trades.realized_gain
-    st_gain = float(np.sum(g[allowed & ~trades.long_term & (g > 0)]))
-    st_loss = float(np.sum(g[allowed & ~trades.long_term & (g < 0)]))
-    lt_gain = float(np.sum(g[allowed & trades.long_term & (g > 0)]))
-    lt_loss = float(np.sum(g[allowed & trades.long_term & (g < 0)]))
-    split = _tax_split(hh, lt, orders, naive, date)
+    g = np.where(sells, trades.realized_gain - trades.disallowed_loss, 0.0)  # the allowed gain or loss
+    st_gain = float(np.sum(g[sells & ~trades.long_term & (g > 0)]))
+    st_loss = float(np.sum(g[sells & ~trades.long_term & (g < 0)]))
+    lt_gain = float(np.sum(g[sells & trades.long_term & (g > 0)]))
+    lt_loss = float(np.sum(g[sells & trades.long_term & (g < 0)]))
+    split = _tax_split(hh, lt, orders, naive, deferred + destroyed)
     tax = split["tax"]
-    realized_run = float(np.sum(np.where(lt.taxable, orders.sold * lt.price * lt.g_eff, 0.0)))
+    realized_run = float(np.sum(np.where(lt.taxable, orders.sold * lt.price * lt.gain - deferred - destroyed, 0.0)))
     room = best_p.budget * V
     overrun = max(realized_run - p0.budget * V, 0.0) if math.isfinite(p0.budget) else 0.0
     if overrun > 0.005:
@@ -320,7 +337,8 @@ def _steps(market: Market, hh: Household, settings: OptimizerSettings, date) -> 
         te_before=math.sqrt(max(p0.tracking_variance(p0.w0), 0.0)),
         te_after=math.sqrt(max(after_var, 0.0)), te_naive=math.sqrt(max(naive_var, 0.0)),
         realized_st_gain=st_gain, realized_st_loss=st_loss, realized_lt_gain=lt_gain, realized_lt_loss=lt_loss,
-        disallowed_loss=float(np.sum(g[sells & trades.loss_disallowed & (g < 0)])),
+        disallowed_loss=float(np.sum(deferred + destroyed)), loss_deferred=float(np.sum(deferred)),
+        loss_destroyed=float(np.sum(destroyed)), wash=wash,
         tax=tax, naive_tax=split["naive_tax"], taxes_saved=split["naive_tax"] - tax,
         harvest_value=split["harvest"], deferral_value=split["deferral"], wait_value=split["wait"],
         budget_room=room if math.isfinite(room) else math.inf, budget_overrun=overrun,
@@ -496,19 +514,20 @@ def _settle_directions(p: HouseholdProblem, r: SolveResult, solve, modes: dict[i
     return q, r2
 
 
-def _tax_split(hh: Household, lt: LotTax, orders: Orders, naive: NaiveRebalance, date) -> dict[str, float]:
+def _tax_split(hh: Household, lt: LotTax, orders: Orders, naive: NaiveRebalance,
+               disallowed: np.ndarray) -> dict[str, float]:
     """Tax of the optimized and the naive trades and the section-6 split of the difference.
 
+    ``disallowed`` (L,): USD (<= 0) of each lot's loss the optimized trades' wash sales
+    disallow (the naive's own are ``naive.disallowed``); tax is on the rest.
     harvest: tax benefit of the optimizer's losses minus the naive's; the gains part (naive
     gain tax minus optimized gain tax) splits into wait (short-term gains the naive sold and
     the optimizer kept, at the rate difference) and deferral (the rest).
     """
     sold_value = orders.sold * lt.price
     taxable = lt.taxable
-    opt_g = lt.g_eff  # the optimizer never buys a group it sells at a loss: no in-run disallowance
-    nv_g = np.where(naive.loss_disallowed, np.maximum(lt.gain, 0.0), lt.gain)
-    opt = np.where(taxable, sold_value * opt_g * lt.rate, 0.0)
-    nv = np.where(taxable, naive.lot_sold * nv_g * lt.rate, 0.0)
+    opt = np.where(taxable, (sold_value * lt.gain - disallowed) * lt.rate, 0.0)
+    nv = np.where(taxable, (naive.lot_sold * lt.gain - naive.disallowed) * lt.rate, 0.0)
     gain_part = float(np.sum(np.where(nv > 0, nv, 0.0)) - np.sum(np.where(opt > 0, opt, 0.0)))
     harvest = float(-np.sum(np.where(opt < 0, opt, 0.0)) + np.sum(np.where(nv < 0, nv, 0.0)))
     t_st = hh.short_term_rate + hh.state_rate
@@ -520,7 +539,8 @@ def _tax_split(hh: Household, lt: LotTax, orders: Orders, naive: NaiveRebalance,
             "deferral": gain_part - wait, "wait": wait}
 
 
-def _trades(market: Market, hh: Household, p: HouseholdProblem, orders: Orders, lt: LotTax) -> Trades:
+def _trades(market: Market, hh: Household, p: HouseholdProblem, orders: Orders, lt: LotTax,
+            disallowed: np.ndarray, destroyed: np.ndarray) -> Trades:
     """The orders as trade rows with reasons: each account's sales, cheapest tax first, then
     each account's buys by security. Vectorized per account (row by row took 0.24 ms a
     household on the 10k book, this 0.18); the running cash need and deposit left are
@@ -568,7 +588,9 @@ def _trades(market: Market, hh: Household, p: HouseholdProblem, orders: Orders, 
         reason[screen] = _SCREEN
         s_reason[k] = reason
     lots_loc = loc[sl]
-    harvest = (s_reason == _REBALANCE) & s_tax & (lt.gain[sl] < 0) & ~lt.disallowed[sl] \
+    s_gain = np.where(s_tax, s_val * lt.gain[sl], 0.0)
+    s_dis = np.where(s_tax, disallowed[sl], 0.0)
+    harvest = (s_reason == _REBALANCE) & s_tax & (s_gain - s_dis < 0) \
         & (below_target[lots_loc] | (p.target[lots_loc] == 0))
     s_reason[harvest] = _HARVEST
     harvested = bool(harvest.any())
@@ -591,10 +613,12 @@ def _trades(market: Market, hh: Household, p: HouseholdProblem, orders: Orders, 
         shares=np.concatenate((orders.sold[sl], b_sh)).astype(float),
         price=np.concatenate((lt.price[sl], p.price[b_i])).astype(float),
         value=np.concatenate((s_val, b_val)).astype(float),
-        realized_gain=np.concatenate((np.where(s_tax, s_val * lt.gain[sl], 0.0), np.zeros(nb))).astype(float),
+        realized_gain=np.concatenate((s_gain, np.zeros(nb))).astype(float),
         long_term=np.concatenate((lt.long_term[sl], np.zeros(nb, bool))).astype(bool),
-        loss_disallowed=np.concatenate((s_tax & lt.disallowed[sl] & (lt.gain[sl] < 0), np.zeros(nb, bool))),
-        reason=_REASONS[np.concatenate((s_reason, b_reason))])
+        loss_disallowed=np.concatenate((s_dis < 0, np.zeros(nb, bool))),
+        reason=_REASONS[np.concatenate((s_reason, b_reason))],
+        disallowed_loss=np.concatenate((s_dis, np.zeros(nb))).astype(float),
+        loss_destroyed=np.concatenate((np.where(s_tax, destroyed[sl], 0.0), np.zeros(nb))).astype(float))
 
 
 # Trade reasons as codes while rows are classified; _REASONS[code] is the value a row carries.

@@ -36,7 +36,13 @@ TRADES_SCHEMA = pa.schema([
     _f("value", pa.float64(), "shares * price, USD."),
     _f("realized_gain", pa.float64(), "Sells in taxable accounts: realized gain, USD (negative: loss); 0 in IRAs; null for buys.", True),
     _f("term", pa.string(), "Sells: ST | LT; null for buys.", True),
-    _f("loss_disallowed", pa.bool_(), "A loss the wash-sale rule disallows."),
+    _f("loss_disallowed", pa.bool_(), "Some of the sell's loss is disallowed by the wash-sale rule."),
+    _f("disallowed_loss", pa.float64(), "Sells: the part of realized_gain's loss the wash-sale rule disallows, pro rata to the "
+       "replacement shares the household bought of the group in the 30 days before (any account), matched first in, first "
+       "out (Treas. Reg. 1.1091-1), USD <= 0; null for buys.", True),
+    _f("loss_destroyed", pa.float64(), "Sells: the part of disallowed_loss whose replacement is in a traditional IRA or Roth: "
+       "gone for good (Rev. Rul. 2008-5), USD <= 0; the rest is deferred into the replacement lot's basis (the first "
+       "lot of the replacement buy's account, security and date; its holding period tacks on); null for buys.", True),
     _f("reason", pa.string(), "rebalance | harvest | cash | screen | restriction | transition | deposit."),
 ])
 
@@ -49,7 +55,9 @@ _HH_FIELDS = [
     ("realized_st_loss", pa.float64(), "Short-term losses realized (<= 0), USD."),
     ("realized_lt_gain", pa.float64(), "Long-term gains realized, USD."),
     ("realized_lt_loss", pa.float64(), "Long-term losses realized (<= 0), USD."),
-    ("disallowed_loss", pa.float64(), "Losses realized but disallowed by wash sales (<= 0), USD."),
+    ("disallowed_loss", pa.float64(), "Losses realized but disallowed by wash sales (<= 0), USD: loss_deferred + loss_destroyed."),
+    ("loss_deferred", pa.float64(), "Disallowed losses deferred into taxable replacements' basis (<= 0), USD."),
+    ("loss_destroyed", pa.float64(), "Disallowed losses destroyed by replacements in an IRA or Roth (<= 0), USD."),
     ("tax", pa.float64(), "Tax of the run's realized gains at the household's rates, USD."),
     ("naive_tax", pa.float64(), "Tax of the naive rebalance (FIFO, no harvesting, no deferral), USD."),
     ("taxes_saved", pa.float64(), "naive_tax - tax, USD."),
@@ -147,6 +155,7 @@ def trades_table(pairs: Iterable[tuple[Household, HouseholdResult]], market: Mar
         pa.array(cat("shares"), pa.float64()), pa.array(cat("price"), pa.float64()),
         pa.array(cat("value"), pa.float64()), pa.array(cat("realized_gain"), pa.float64(), mask=buy),
         pa.array(np.where(cat("long_term"), "LT", "ST"), pa.string(), mask=buy), pa.array(cat("loss_disallowed"), pa.bool_()),
+        pa.array(cat("disallowed_loss"), pa.float64(), mask=buy), pa.array(cat("loss_destroyed"), pa.float64(), mask=buy),
         pa.array(cat("reason"), pa.string()),
     ]
     return pa.Table.from_arrays(arrays, schema=TRADES_SCHEMA)

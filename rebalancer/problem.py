@@ -67,8 +67,11 @@ class LotTax:
 
     price : USD/share; value : USD; gain : gain per dollar (1 - basis/price); long_term : bool;
     rate : the lot's own rate; priced : the optimizer's rate (wait pricing);
-    disallowed : a loss on it gets no benefit (wash sale); g_eff : gain per dollar counted for
-    tax and budget (0 for a disallowed loss); taxable : the lot is in a taxable account.
+    deferred, destroyed, unmatched : the fractions of a loss lot's shares whose loss a sale of
+    the whole lot would defer into a replacement's basis, destroy (an IRA replacement) or keep
+    (:class:`rebalancer.washsale.WashState`; 0, 0, 1 for any other lot); disallowed : some of it
+    would be disallowed (wash sale); g_eff : gain per dollar counted for the tax budget, the
+    allowed part ``gain * unmatched``; taxable : the lot is in a taxable account.
     """
     price: np.ndarray
     value: np.ndarray
@@ -79,6 +82,9 @@ class LotTax:
     disallowed: np.ndarray
     g_eff: np.ndarray
     taxable: np.ndarray
+    deferred: np.ndarray
+    destroyed: np.ndarray
+    unmatched: np.ndarray
 
 
 def lot_tax(market: Market, hh: Household, date, wash: WashState) -> LotTax:
@@ -92,10 +98,15 @@ def lot_tax(market: Market, hh: Household, date, wash: WashState) -> LotTax:
     rate = lot_rates(lt, hh.short_term_rate, hh.long_term_rate, hh.state_rate)
     priced = wait_priced_rates(rate, gain, days_to_long_term(lots.acquired, date),
                                hh.short_term_rate, hh.long_term_rate, hh.state_rate)
-    disallowed = wash.loss_disallowed & (gain < 0)
+    loss = gain < 0
+    deferred = np.where(loss, wash.deferred_share, 0.0)
+    destroyed = np.where(loss, wash.destroyed_share, 0.0)
+    unmatched = np.where(loss, wash.unmatched_share, 1.0)
+    disallowed = (deferred + destroyed) > 0
     return LotTax(price=price, value=value, gain=gain, long_term=lt, rate=rate, priced=priced,
-                  disallowed=disallowed, g_eff=np.where(disallowed, 0.0, gain),
-                  taxable=acc.account_type[lots.account] == TAXABLE)
+                  disallowed=disallowed, g_eff=np.where(disallowed, gain * unmatched, gain),
+                  taxable=acc.account_type[lots.account] == TAXABLE, deferred=deferred, destroyed=destroyed,
+                  unmatched=unmatched)
 
 
 @dataclass(frozen=True, eq=False)
@@ -326,9 +337,14 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
     A = hh.n_accounts
     tgt_pos, tgt_w, account_targets = household_target(market, hh)
 
-    wash = wash_state(market, hh, date, settings.wash_window_days)
+    wash = wash_state(market, hh, date, settings.wash_window_days, ira_loss_blocks=settings.ira_loss_blocks)
     lt = lot_tax(market, hh, date, wash)
     lot_value, lot_gain, priced, g_eff = lt.value, lt.gain, lt.priced, lt.g_eff
+    # Tax per dollar sold as the optimizer prices it: an allowed loss at face value, a deferred
+    # one at deferred_loss_value of it, a destroyed one as a cost of destroyed_loss_cost of it.
+    wash_value = np.where(lt.disallowed, lt.unmatched + lt.deferred * settings.deferred_loss_value
+                          - lt.destroyed * settings.destroyed_loss_cost, 1.0)
+    tax_priced = priced * lot_gain * wash_value
     V = float(lot_value.sum() + acc.cash.sum())  # > 0: household_target checked it
 
     # The household's securities: held, targeted, and buyable substitutes of its funds (any
@@ -367,6 +383,7 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
     # never-sell and never-buy lists of nearly every account (it takes 10-15 us even then).
     wash_group = market.wash_group[secs]
     may_buy = ~wash.blocked(wash_group) & buyable[secs]
+    at_risk = _loss_at_risk(lt, lot_sec_local, wash_group, w0 - target, V, settings)
     constant = 0.0
     for a in range(A):
         excluded = market.screened(acc.screens[a])
@@ -384,7 +401,7 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
                 lo = np.where(scr, hi, 0.0)
             else:
                 lo = np.where(scr & (lot_gain[idx] <= 0), hi, 0.0)
-            c = tax_weight * (priced[idx] * g_eff[idx] + half_spread[s_loc] - drag[s_loc])
+            c = tax_weight * (tax_priced[idx] + half_spread[s_loc] - drag[s_loc])
             if settings.divestment == Divestment.TAX_SENSITIVE:
                 c = c - np.where(scr, settings.screen_hold_cost, 0.0)
             add(VarKind.LOT_SELL, a, s_loc, idx, lo, hi, c, g_eff[idx], lot_gain[idx] < 0)
@@ -406,6 +423,9 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
         b = np.flatnonzero(ok)
         c = tax_weight * (half_spread[b] + (drag[b] if acc.account_type[a] == TAXABLE else 0.0)
                           + np.where(target[b] > 0, 0.0, settings.substitute_cost))
+        if at_risk is not None:
+            lost = 1.0 - settings.deferred_loss_value if acc.account_type[a] == TAXABLE else 1.0
+            c = c + tax_weight * settings.wash_buy_risk * lost * at_risk[b]
         add(VarKind.BUY, a, b, np.full(len(b), -1), np.zeros(len(b)), np.full(len(b), np.inf), c,
             np.zeros(len(b)), np.zeros(len(b), bool))
 
@@ -444,6 +464,36 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
         loss_sale=np.concatenate(loss).astype(bool), wash_group=wash_group[security],
         cash_rhs=cash_rhs, budget=room / V, constant=constant, n_accounts=A, lots=lt,
         account_targets=tuple(account_targets))
+
+
+def _loss_at_risk(lt: LotTax, lot_sec: np.ndarray, wash_group: np.ndarray, active: np.ndarray, V: float,
+                  settings: OptimizerSettings) -> np.ndarray | None:
+    """(n,) per dollar bought of each household security, the tax value of the taxable losses
+    of its wash group that the buy would put in a wash-sale window; None when there are none.
+
+    A replacement share disallows the loss of one loss share sold within 30 days (Treas. Reg.
+    1.1091-1(c)). Buying b dollars of group G puts the losses of about min(b, Q_G) dollars of
+    G's loss lots at risk, Q_G the value of their shares not matched already. That is concave in
+    b, so it is priced linearly: per dollar bought, ``B_G / max(Q_G, need_G)``, with B_G the tax
+    value of those losses (value x |gain| x rate) and need_G the group's shortfall to target
+    (the buy the rebalance expects). It is exact for a buy up to the smaller of the two and
+    overstates a larger one. ``lot_sec`` (L,) is each lot's household security index,
+    ``active`` (n,) the weights minus the target, ``wash_group`` (n,) the groups.
+    """
+    loss = lt.taxable & (lt.gain < 0)
+    if not loss.any() or settings.wash_buy_risk == 0:
+        return None
+    free = lt.value * lt.unmatched * loss
+    benefit = free * -lt.gain * lt.priced
+    codes, sec_g = np.unique(wash_group, return_inverse=True)
+    lot_g = sec_g[lot_sec]
+    G = len(codes)
+    Q = np.bincount(lot_g, weights=free, minlength=G)
+    B = np.bincount(lot_g, weights=benefit, minlength=G)
+    need = np.maximum(-np.bincount(sec_g, weights=active, minlength=G), 0.0) * V
+    spread = np.maximum(Q, need)
+    per_dollar = np.divide(B, spread, out=np.zeros(G), where=(B > 0) & (spread > 0))
+    return per_dollar[sec_g]
 
 
 def _security_facts(market: Market) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -255,7 +255,7 @@ RECENT_TRADES = TableSpec(
         _field("side", pa.string(), "enum", "buy | sell."),
         _field("shares", pa.float64(), "shares", "Shares traded; > 0."),
         _field("price", pa.float64(), "USD/share", "Execution price; > 0."),
-        _field("realized_gain", pa.float64(), "USD", "Sells: realized gain (negative: loss); null for buys.", True),
+        _field("realized_gain", pa.float64(), "USD", "Sells: realized gain (negative: loss); null for buys. In a traditional IRA or Roth the gain against the position's basis, which is no tax loss: it starts a wash-sale window only under the conservative setting `ira_loss_blocks`.", True),
     ]),
     ("trade_id",), True, "One trade of the last 31 days (wash-sale windows).",
 )

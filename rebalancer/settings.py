@@ -41,6 +41,24 @@ class OptimizerSettings:
     divestment : see :class:`Divestment`.
     screen_hold_cost : per dollar of a screened gain lot still held (TAX_SENSITIVE divestment).
     wash_window_days : the wash-sale window, both directions.
+    ira_loss_blocks : a sale below basis in a traditional IRA or Roth blocks buys of its wash
+        group for the window, as a taxable loss sale does. By law such a sale is no loss
+        (default False); True is the conservative rule some firms keep.
+    deferred_loss_value : what a loss deferred into a replacement's basis is worth to the
+        optimizer, as a fraction of the same loss allowed today. It comes back when the
+        replacement is sold: a month later if the price stays down and the engine harvests the
+        replacement (worth nearly 1), years later as a smaller gain if the price recovers
+        (near 0). Default 0.5, the middle. See docs/optimizer.md, wash sales.
+    destroyed_loss_cost : per dollar of loss a sale destroys (its replacement is in an IRA or
+        Roth, Rev. Rul. 2008-5), as a fraction of that loss's tax value: the loss the lot would
+        give if held and harvested after the window, thrown away. Default 0.5, as
+        ``deferred_loss_value``: a loss kept for later is worth what a deferred one is.
+    wash_buy_risk : the chance that a buy's wash-sale window gets in the way, as a fraction of
+        the loss it puts at risk. A buy of a group in which the household holds taxable lots at
+        a loss makes those losses unharvestable for 30 days (harvested in that time they would
+        be deferred, or destroyed by an IRA buy). Each dollar bought is charged this fraction
+        of the value lost, ``1 - deferred_loss_value`` of the loss per dollar (all of it for an
+        IRA buy). Default 0.1: small, since waiting out the window costs nothing.
     min_weight : trades under this fraction of household value are dropped (numerical dust:
         $1 per $1M).
     solver_tolerance : accuracy asked of the solver, absolute and relative (duality gap and
@@ -53,6 +71,10 @@ class OptimizerSettings:
     divestment: Divestment = Divestment.IMMEDIATE
     screen_hold_cost: float = 0.02
     wash_window_days: int = 30
+    ira_loss_blocks: bool = False
+    deferred_loss_value: float = 0.5
+    destroyed_loss_cost: float = 0.5
+    wash_buy_risk: float = 0.1
     min_weight: float = 1e-6
     solver_tolerance: float = 1e-8
 
@@ -66,6 +88,10 @@ class OptimizerSettings:
             raise ValueError("OptimizerSettings.risk_aversion must be > 0")
         if self.sensitivity_floor <= 0:
             raise ValueError("OptimizerSettings.sensitivity_floor must be > 0")
+        for name in ("deferred_loss_value", "destroyed_loss_cost", "wash_buy_risk"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 <= v <= 1):
+                raise ValueError(f"OptimizerSettings.{name} must be a number in [0, 1], got {v!r}")
         if not 0 < self.wash_window_days <= 61:
             raise ValueError(f"OptimizerSettings.wash_window_days must be in 1..61, got {self.wash_window_days}")
         object.__setattr__(self, "divestment", Divestment(self.divestment))

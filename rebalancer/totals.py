@@ -23,7 +23,7 @@ __all__ = ["TE_EDGES", "USD_FIELDS", "shard_totals", "merge_totals", "headline",
 TE_EDGES = (0.0, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, math.inf)
 
 USD_FIELDS = ("value", "bought", "sold", "realized_st_gain", "realized_st_loss", "realized_lt_gain",
-              "realized_lt_loss", "disallowed_loss", "tax", "naive_tax", "taxes_saved", "harvest_value",
+              "realized_lt_loss", "disallowed_loss", "loss_deferred", "loss_destroyed", "tax", "naive_tax", "taxes_saved", "harvest_value",
               "deferral_value", "wait_value", "fee", "budget_overrun", "rounding_cost")
 STATUSES = ("optimal", "optimal_inaccurate", "budget_exceeded")
 STAGES = ("data", "optimization", "error")

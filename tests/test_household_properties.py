@@ -183,8 +183,8 @@ def check_cash(hh, res):
 def run_gain(hh, res) -> float:
     tr = res.trades
     taxable = hh.accounts.account_type[tr.account] == TAXABLE
-    counted = ~tr.is_buy & taxable & ~tr.loss_disallowed
-    return float(np.sum(tr.realized_gain[counted]))
+    counted = ~tr.is_buy & taxable
+    return float(np.sum(tr.realized_gain[counted] - tr.disallowed_loss[counted]))  # the allowed part
 
 
 def budget_room(hh) -> float:
@@ -206,7 +206,8 @@ def check_wash_and_lists(hh, res):
     group = MKT.wash_group
     as_of = np.datetime64(MKT.as_of, "D")
     live = (rt.date >= as_of - np.timedelta64(WINDOW, "D")) & (rt.date <= as_of)
-    loss = live & ~rt.is_buy & (np.nan_to_num(rt.realized_gain, nan=0.0) < 0)
+    # A sale below basis in an IRA is no loss: only taxable ones block (the default settings).
+    loss = live & ~rt.is_buy & (acc.account_type[rt.account] == TAXABLE) & (np.nan_to_num(rt.realized_gain, nan=0.0) < 0)
     blocked = {int(g) for g in group[rt.security[loss]]}
     buys = np.flatnonzero(tr.is_buy)
     bought_groups = {int(group[tr.security[k]]) for k in buys}

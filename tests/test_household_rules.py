@@ -142,8 +142,9 @@ def weights(m, hh, r):
     return before, after, target
 
 
-def check(m, hh, r, status: str = "optimal") -> None:
+def check(m, hh, r, status: str = "optimal", settings=None) -> None:
     """What every result must satisfy, whatever the rule under test."""
+    settings = settings or DEFAULTS
     t = r.trades
     acc, lots = hh.accounts, hh.lots
     V = hh.value(m)
@@ -161,10 +162,12 @@ def check(m, hh, r, status: str = "optimal") -> None:
     assert np.all(per_lot <= lots.shares + 1e-9)
     # Cash after trades >= reserve, per account (no margin).
     assert np.all(cash_after(hh, r) >= acc.reserve - 1e-6)
-    # No buy of a screened, never-buy or wash-blocked security (loss sale in the last 30 days).
+    # No buy of a screened, never-buy or wash-blocked security (a taxable loss sale in the last
+    # 30 days; a sale below basis in an IRA only under ira_loss_blocks).
     as_of = np.datetime64(m.as_of, "D")
     rt = hh.recent
-    recent_loss = (~rt.is_buy) & (np.nan_to_num(rt.realized_gain) < 0) & (rt.date >= as_of - np.timedelta64(30, "D"))
+    counts = (acc.account_type[rt.account] == TAXABLE) | settings.ira_loss_blocks
+    recent_loss = (~rt.is_buy) & counts & (np.nan_to_num(rt.realized_gain) < 0) & (rt.date >= as_of - np.timedelta64(30, "D"))
     blocked = set(m.wash_group[rt.security[recent_loss]].tolist())
     for a, s in zip(t.account[t.is_buy], t.security[t.is_buy]):
         assert not m.screened(acc.screens[a])[s]
@@ -179,9 +182,18 @@ def check(m, hh, r, status: str = "optimal") -> None:
     basis = lots.cost_basis[np.maximum(t.lot, 0)] if len(lots) else np.zeros(len(t))
     expect_gain = np.where(sells & taxable, t.value * (1 - basis / t.price), 0.0)
     np.testing.assert_allclose(t.realized_gain, expect_gain, atol=1e-6)
-    # Tax: each lot at its own rate; a disallowed loss counts 0.
+    # Wash sales: a sell's disallowed loss is a part of its loss (none of a gain), the destroyed
+    # part a part of that; the household's figures are their sums.
+    assert np.all(t.disallowed_loss <= 0) and np.all(t.loss_destroyed <= 0)
+    assert np.all(t.disallowed_loss >= np.minimum(t.realized_gain, 0.0) - 1e-6)
+    assert np.all(t.loss_destroyed >= t.disallowed_loss - 1e-9)
+    assert np.array_equal(t.loss_disallowed, t.disallowed_loss < 0)
+    assert r.disallowed_loss == pytest.approx(float(t.disallowed_loss.sum()), abs=1e-6)
+    assert r.loss_destroyed == pytest.approx(float(t.loss_destroyed.sum()), abs=1e-6)
+    assert r.loss_deferred + r.loss_destroyed == pytest.approx(r.disallowed_loss, abs=1e-6)
+    # Tax: each lot at its own rate on its allowed gain or loss (a disallowed loss counts 0).
     rate = np.where(t.long_term, hh.long_term_rate, hh.short_term_rate) + hh.state_rate
-    counted = np.where(t.loss_disallowed, np.maximum(t.realized_gain, 0.0), t.realized_gain)
+    counted = t.realized_gain - t.disallowed_loss
     assert r.tax == pytest.approx(float(np.sum(np.where(sells & taxable, rate * counted, 0.0))), abs=0.01)
     assert r.taxes_saved == pytest.approx(r.naive_tax - r.tax, abs=1e-6)
     assert r.harvest_value + r.deferral_value + r.wait_value == pytest.approx(r.taxes_saved, abs=1e-6)
@@ -197,7 +209,7 @@ def check(m, hh, r, status: str = "optimal") -> None:
 
 def run(m, hh, settings=None, status: str = "optimal"):
     r = rebalance_household(m, hh, settings)
-    check(m, hh, r, status)
+    check(m, hh, r, status, settings)
     return r
 
 
@@ -447,16 +459,8 @@ def wash_block_household(m, recent):
                      recent)
 
 
-def test_4_buy_of_a_group_sold_at_a_loss_in_the_ira_is_blocked_and_a_substitute_bought(m):
-    """The IRA sold IDXB at a loss 10 days ago: no account of the household may buy IDXB or
-    anything of its wash group (IDXA) for 30 days; the taxable account buys IDXW instead."""
-    V = 2_000_000
-    hh = wash_block_household(m, [trade(1, 20, IDXB, days_ago(10), "sell", 500, 100, realized_gain=-5_000.0)])
-    p = build_problem(m, hh, OptimizerSettings())
-    buys = p.securities[p.security[p.kind == VarKind.BUY]]
-    assert not np.isin(buys, [IDXA, IDXB]).any() and IDXW in buys
-
-    r = run(m, hh)
+def blocked_optimum_checks(m, r, V):
+    """The taxable account may not buy IDXA/IDXB and buys IDXW with all its cash."""
     assert bought(r, security=IDXA) == 0.0 and bought(r, security=IDXB) == 0.0
     # Household: IDXA 45% vs target 50% (the $100,000 cash). One variable, buy IDXW b at
     # 0.0005 + 0.001 (a substitute):
@@ -472,17 +476,49 @@ def test_4_buy_of_a_group_sold_at_a_loss_in_the_ira_is_blocked_and_a_substitute_
     assert r.tax == 0.0
     assert r.te_after < r.te_before
 
-    # Without the IRA's loss sale the account buys its model's own ETF: b = 0.05 - 0.0005 /
-    # (2 * 100 * S[A,A]) = 0.05 - 0.0005 / 8.8202 (q = 0): $99,886.6, the last $113 kept as cash.
-    r0 = run(m, wash_block_household(m, []))
+
+def unblocked_optimum_checks(m, r, V):
+    """The account buys its model's own ETF: b = 0.05 - 0.0005 / (2 * 100 * S[A,A]) = 0.05 -
+    0.0005 / 8.8202 (q = 0): $99,886.6, the last $113 kept as cash."""
     S_aa = hand_covariance([IDXA])[0, 0]
     b0 = (2 * LAM * S_aa * 0.05 - HALF_SPREAD) / (2 * (LAM * S_aa + Q))
-    assert bought(r0, security=IDXA) == pytest.approx(b0 * V, abs=1e-5 * V)
-    assert bought(r0, security=IDXW) == 0.0
+    assert bought(r, security=IDXA) == pytest.approx(b0 * V, abs=1e-5 * V)
+    assert bought(r, security=IDXW) == 0.0
+
+
+def test_4_buy_of_a_group_sold_at_a_loss_in_another_account_is_blocked_and_a_substitute_bought(m):
+    """The taxable account sold IDXB at a loss 10 days ago: no account of the household may buy
+    IDXB or anything of its wash group (IDXA) for 30 days; the taxable account buys IDXW instead."""
+    V = 2_000_000
+    hh = wash_block_household(m, [trade(1, 10, IDXB, days_ago(10), "sell", 500, 100, realized_gain=-5_000.0)])
+    p = build_problem(m, hh, OptimizerSettings())
+    buys = p.securities[p.security[p.kind == VarKind.BUY]]
+    assert not np.isin(buys, [IDXA, IDXB]).any() and IDXW in buys
+    blocked_optimum_checks(m, run(m, hh), V)
+    # Without the loss sale the account buys its model's own ETF.
+    unblocked_optimum_checks(m, run(m, wash_block_household(m, [])), V)
+
+
+def test_4_an_ira_sale_below_basis_blocks_nothing_unless_the_firm_asks(m):
+    """The IRA sold IDXB below its basis 10 days ago. Inside an IRA that is no tax loss (nothing
+    to disallow, no window): IDXA stays buyable and is bought exactly as with no sale at all.
+    With the conservative firm setting ``ira_loss_blocks`` it blocks the group as before."""
+    V = 2_000_000
+    ira_sale = [trade(1, 20, IDXB, days_ago(10), "sell", 500, 100, realized_gain=-5_000.0)]
+    hh = wash_block_household(m, ira_sale)
+    p = build_problem(m, hh, OptimizerSettings())
+    buys = p.securities[p.security[p.kind == VarKind.BUY]]
+    assert IDXA in buys and IDXB in buys
+    unblocked_optimum_checks(m, run(m, hh), V)
+
+    strict = OptimizerSettings(ira_loss_blocks=True)
+    p = build_problem(m, hh, strict)
+    assert not np.isin(p.securities[p.security[p.kind == VarKind.BUY]], [IDXA, IDXB]).any()
+    blocked_optimum_checks(m, run(m, hh, strict), V)
 
 
 # --------------------------------------------------------------------------------------------
-# 5. A loss lot whose group was bought in the last 30 days gets no loss benefit
+# 5. A loss lot whose group was bought in the last 30 days: pro rata, and priced as it costs
 # --------------------------------------------------------------------------------------------
 
 def recent_buy_household(m, ibm_basis, recent):
@@ -497,42 +533,98 @@ def recent_buy_household(m, ibm_basis, recent):
     ], recent)
 
 
-def test_5_loss_lot_of_a_group_bought_5_days_ago_gets_no_loss_benefit(m):
-    """The IRA bought IBM 5 days ago (and sold it at a gain since): a loss on the taxable IBM lot
-    would be disallowed, so it is priced at gain 0 (no harvest) and, if sold, flagged."""
+def ira_bought_ibm(shares: float):
+    """The IRA bought ``shares`` IBM 5 days ago (and sold them at a gain since: an acquisition in
+    the window is a replacement whatever became of it, and an IRA's destroys the loss)."""
+    return [trade(1, 20, IBM, days_ago(5), "buy", shares, 100), trade(2, 20, IBM, days_ago(2), "sell", shares, 101, 0.0)]
+
+
+def test_5_an_ira_replacement_destroys_the_loss_pro_rata(m):
+    """10 IBM shares bought in the IRA 5 days ago replace 10 of the taxable lot's 400 loss shares
+    (Treas. Reg. 1.1091-1(c)): the loss on those 10 is destroyed (Rev. Rul. 2008-5), the rest
+    allowed. The lot is harvested in full."""
     V = 2_000_000
-    recent = [trade(1, 20, IBM, days_ago(5), "buy", 10, 100), trade(2, 20, IBM, days_ago(2), "sell", 10, 101, 10.0)]
-    hh = recent_buy_household(m, 150, recent)  # g = -0.5
+    hh = recent_buy_household(m, 150, ira_bought_ibm(10))  # g = -0.5, long-term
     p = build_problem(m, hh, OptimizerSettings())
     j = int(np.flatnonzero((p.kind == VarKind.LOT_SELL) & (p.lot == lot_pos(hh, 1)))[0])
-    assert p.gain[j] == 0.0  # counts 0 against the tax budget
-    assert p.cost[j] == pytest.approx(HALF_SPREAD, rel=1e-12)  # no tax term: no harvest incentive
-    assert p.loss_sale[j]  # still a loss sale for in-run exclusivity
+    # Sold in full the lot would lose 10/400 = 2.5% of its loss to the IRA: counted for the
+    # budget at g_eff = -0.5 * 0.975 = -0.4875; priced at 0.288 * -0.5 * (1 - 0.025 * (1 + 0.5))
+    # = -0.13860 per dollar (destroyed_loss_cost 0.5), + 0.0005 half spread.
+    frac = 10 / 400
+    assert p.gain[j] == pytest.approx(-0.5 * (1 - frac), rel=1e-12)
+    price = T_LT * -0.5 * (1 - frac * (1 + DEFAULTS.destroyed_loss_cost))
+    assert p.cost[j] == pytest.approx(price + HALF_SPREAD, rel=1e-12)
 
     r = run(m, hh)
-    # Priced as a no-gain lot, IBM is only rebalanced: sell IBM s, buy MSFT b, unconstrained.
-    # IBM and MSFT are symmetric, so s = b (cash after 0: its row holds). With u = 0.005 - s the
-    # active weights are (u, -u): variance (0.07 + 0.07 - 2 * 0.04) u^2 = 0.06 u^2, and
+    # Unconstrained, the hand optimum sells more IBM than the lot holds: at costs (price + 0.0005,
+    # 0.0005 x 3) it is s = 42,374.39 > 40,000, so the lot's bound binds and it is sold whole.
+    # With IBM's 2% gone (active -0.015 on IBM) the buys are the QP over MSFT, XOM, JNJ; the
+    # cash row is slack (they total 33,166.67 < 40,000).
+    x, _ = hand_qp(STOCKS, [0.005, -0.005, 0.0, 0.0], np.diag([-1.0, 1.0, 1.0, 1.0]), [price + HALF_SPREAD] + [HALF_SPREAD] * 3)
+    assert x[0] * V > 40_000
+    xb, _ = hand_qp(STOCKS, [0.005 - 0.02, -0.005, 0.0, 0.0], [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]],
+                    [HALF_SPREAD] * 3)
+    assert sold(r, security=IBM) == pytest.approx(40_000, abs=1e-6)
+    assert bought(r, security=MSFT) == pytest.approx(xb[0] * V, abs=1e-5 * V)  # 22,500.00
+    assert bought(r, security=XOM) == pytest.approx(xb[1] * V, abs=1e-5 * V)  # 4,000.00
+    assert bought(r, security=JNJ) == pytest.approx(xb[2] * V, abs=1e-5 * V)  # 6,666.67
+    # The sale: 400 x (100 - 150) = -20,000. Disallowed and destroyed: 10 x -50 = -500 (not the
+    # whole lot). Allowed: -19,500, tax 0.288 x -19,500 = -5,616.00.
+    t = r.trades
+    ibm = np.flatnonzero(~t.is_buy & (t.security == IBM))
+    assert t.realized_gain[ibm] == pytest.approx([-20_000.0])
+    assert t.disallowed_loss[ibm] == pytest.approx([-500.0]) and t.loss_destroyed[ibm] == pytest.approx([-500.0])
+    assert t.loss_disallowed[ibm].all() and set(t.reason[ibm]) == {"harvest"}
+    assert r.disallowed_loss == pytest.approx(-500.0) and r.loss_destroyed == pytest.approx(-500.0)
+    assert r.loss_deferred == 0.0
+    assert r.realized_lt_loss == pytest.approx(-19_500.0)
+    assert r.tax == pytest.approx(T_LT * -19_500.0, abs=0.005)  # -5,616.00
+    # The naive FIFO sale of 100 shares ($10,000, IBM 4% -> 3% of the account) meets the same 10
+    # replacement shares: -5,000 of which -500 destroyed, tax 0.288 x -4,500 = -1,296.00.
+    assert r.naive_tax == pytest.approx(-1_296.0, abs=0.005)
+    assert r.harvest_value == pytest.approx(5_616.0 - 1_296.0, abs=0.005)
+
+
+def test_5_a_sale_whose_loss_would_be_destroyed_is_priced_as_a_cost(m):
+    """The IRA bought 400 IBM 5 days ago: the taxable lot's whole loss would be destroyed. Selling
+    throws away the loss the lot would give if held and harvested later: a cost, not 0. At cost 0
+    (the old rule) IBM is rebalanced down to target; priced as it costs, it is held."""
+    V = 2_000_000
+    hh = recent_buy_household(m, 150, ira_bought_ibm(400))  # g = -0.5
+    p = build_problem(m, hh, OptimizerSettings())
+    j = int(np.flatnonzero((p.kind == VarKind.LOT_SELL) & (p.lot == lot_pos(hh, 1)))[0])
+    assert p.gain[j] == 0.0  # no allowed loss for the budget
+    # 0.288 * -0.5 * (1 - 1 * (1 + 0.5)) = +0.072 per dollar, + 0.0005 half spread.
+    cost = -T_LT * -0.5 * DEFAULTS.destroyed_loss_cost
+    assert cost == pytest.approx(0.072)
+    assert p.cost[j] == pytest.approx(cost + HALF_SPREAD, rel=1e-12)
+    assert p.loss_sale[j]  # still a loss sale for in-run exclusivity
+
+    # At 0 cost IBM is only rebalanced: sell IBM s, buy MSFT b, unconstrained. IBM and MSFT are
+    # symmetric, so s = b (cash after 0: its row holds). With u = 0.005 - s the active weights
+    # are (u, -u): variance (0.07 + 0.07 - 2 * 0.04) u^2 = 0.06 u^2, and
     #   f(s) = 100 * 0.06 u^2 + 0.001 s + 2q s^2  ->  12 u = 0.001 + 4q s
     #   s = (12 * 0.005 - 0.001) / (12 + 4q) = 0.0049167 at q = 0 ($9,833.33)
+    free = run(m, hh, OptimizerSettings(destroyed_loss_cost=0.0))
     a0 = [0.005, -0.005, 0.0, 0.0]
     x, _ = hand_qp(STOCKS, a0, [[-1, 0], [0, 1], [0, 0], [0, 0]], [HALF_SPREAD, HALF_SPREAD])
     s = (2 * LAM * 0.06 * 0.005 - 2 * HALF_SPREAD) / (2 * LAM * 0.06 + 4 * Q)
     assert x == pytest.approx([s, s], rel=1e-9)
-    assert sold(r, security=IBM) == pytest.approx(x[0] * V, abs=1e-5 * V)
-    assert bought(r, security=MSFT) == pytest.approx(x[1] * V, abs=1e-5 * V)
-    # ... exactly as if the lot had no gain at all.
-    twin = run(m, recent_buy_household(m, 100, []))
-    assert sold(r, security=IBM) == pytest.approx(sold(twin, security=IBM), abs=1e-5 * V)
-    # IBM is not cut below its target (no harvest), and the sale's loss is flagged and untaxed.
-    assert 40_000 - sold(r, security=IBM) >= 30_000 - 1e-5 * V
-    t = r.trades
-    ibm = ~t.is_buy & (t.security == IBM)
-    assert t.loss_disallowed[ibm].all() and set(t.reason[ibm]) == {"rebalance"}
-    assert r.disallowed_loss == pytest.approx(-0.5 * sold(r, security=IBM), abs=1e-6)
-    assert r.realized_lt_loss == 0.0 and r.tax == 0.0
-    assert r.harvest_value == pytest.approx(0.0, abs=1e-9)
-    assert r.naive_tax == 0.0  # the naive FIFO sale's loss is disallowed too
+    assert sold(free, security=IBM) == pytest.approx(x[0] * V, abs=1e-5 * V)
+    assert bought(free, security=MSFT) == pytest.approx(x[1] * V, abs=1e-5 * V)
+    # ... its whole loss destroyed (400 replacement shares cover the 98.33 sold): -50 a share.
+    assert free.loss_destroyed == pytest.approx(-0.5 * sold(free, security=IBM), abs=1e-6)
+    assert free.tax == 0.0
+
+    # Priced at +0.072: at x = 0 the best IBM trade, the swap into MSFT, gains 2 * 100 * 0.06 *
+    # 0.005 = 0.06 of tracking per dollar and costs 0.072 + 0.001: +0.013 > 0. Selling IBM into
+    # cash gains only 200 * (0.07 - 0.04) * 0.005 = 0.03. IBM is held; MSFT is bought from XOM
+    # and JNJ sales instead.
+    assert cost + 2 * HALF_SPREAD - 2 * LAM * 0.06 * 0.005 == pytest.approx(0.013)
+    r = run(m, hh)
+    assert sold(r, security=IBM) == 0.0
+    assert bought(r, security=MSFT) > 0
+    assert r.disallowed_loss == 0.0 and r.loss_destroyed == 0.0 and r.tax == 0.0
 
 
 # --------------------------------------------------------------------------------------------
