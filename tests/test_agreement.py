@@ -24,7 +24,7 @@ with an IRA, tax budget, live wash-sale state, screens and restriction lists). T
    again) on every household. On its rounded trades, exactly (a cent of tolerance on money):
    no shorts, cash after trades >= reserve in every account, realized gain within the budget
    unless the status says ``budget_exceeded`` (then the overrun reported is the one realized),
-   no buy of a wash group sold at a loss in the last 30 days, never a buy and a loss sale of
+   no buy of a wash group sold at a loss (taxable) in the last 30 days, never a buy and a loss sale of
    one group in the run, no buy of a screened or never-buy security, no sale of a never-sell
    one. The rules are checked from the Household and Market data, not from the optimizer's
    problem (the transition allowance, read from the problem's budget, aside).
@@ -229,16 +229,53 @@ def test_fast_solver_agrees_with_the_reference(cases, fast_results):
 
 # --- hard rules on the rounded trades, from the Household and Market data --------------------
 
-def disallowed_losses(market: Market, hh: Household, window: int) -> np.ndarray:
-    """(L,) a loss on the lot gets no benefit: a live buy of its wash group in the last
-    ``window`` days, other than the buy that created the lot (IRC section 1091)."""
-    rt, lots = hh.recent, hh.lots
+def wash_disallowed(market: Market, hh: Household, tr: Trades, window: int) -> np.ndarray:
+    """(T,) USD (<= 0) of each trade's loss the wash-sale rule disallows (Treas. Reg. 1.1091-1),
+    share by share: the taxable loss sells, lots in order of acquisition, against the household's
+    buys of the group in the last ``window`` days (earliest first; a taxable buy's shares while
+    still held in the lots of its account, security and date, less those already matched), then
+    the run's own buys; never a lot's own buy; each replacement share once."""
+    rt, lots, acc = hh.recent, hh.lots, hh.accounts
     as_of = np.datetime64(market.as_of, "D")
-    out = np.zeros(len(lots), bool)
-    for b in np.flatnonzero(rt.is_buy & (rt.date >= as_of - np.timedelta64(window, "D")) & (rt.date <= as_of)):
-        same = market.wash_group[lots.security] == market.wash_group[rt.security[b]]
-        own = (lots.account == rt.account[b]) & (lots.security == rt.security[b]) & (lots.acquired == rt.date[b])
-        out |= same & ~own
+    out = np.zeros(len(tr))
+    sells = np.flatnonzero(~tr.is_buy)
+    if not len(sells):
+        return out
+    sold = np.zeros(len(lots))
+    np.add.at(sold, tr.lot[sells], tr.shares[sells])
+    left = lots.shares - sold
+    matched = rt.matched if rt.matched is not None else np.zeros(len(rt))
+    pool = []  # [group, account, security, date, shares] per replacement buy, in order
+    used_by_key: dict = {}
+    for r in sorted(np.flatnonzero(rt.is_buy & (rt.date >= as_of - np.timedelta64(window, "D")) & (rt.date <= as_of)),
+                    key=lambda r: (rt.date[r], r)):
+        a, s, d = int(rt.account[r]), int(rt.security[r]), rt.date[r]
+        n = max(float(rt.shares[r] - matched[r]), 0.0)
+        if acc.account_type[a] == TAXABLE:
+            key = (a, s, d)
+            held = float(left[(lots.account == a) & (lots.security == s) & (lots.acquired == d)].sum())
+            n = max(min(n, held - used_by_key.get(key, 0.0)), 0.0)
+            used_by_key[key] = used_by_key.get(key, 0.0) + n
+        pool.append([int(market.wash_group[s]), a, s, d, n])
+    for k in np.flatnonzero(tr.is_buy):
+        pool.append([int(market.wash_group[tr.security[k]]), int(tr.account[k]), int(tr.security[k]), as_of,
+                     float(tr.shares[k])])
+    price = market.price[lots.security]
+    loss_sells = [k for k in sells if acc.account_type[tr.account[k]] == TAXABLE and price[tr.lot[k]] < lots.cost_basis[tr.lot[k]]]
+    for k in sorted(loss_sells, key=lambda k: (lots.acquired[tr.lot[k]], lots.lot_id[tr.lot[k]])):
+        l = int(tr.lot[k])
+        need = float(tr.shares[k])
+        for rep in pool:
+            if need <= 0:
+                break
+            g, a, s, d, n = rep
+            own = a == lots.account[l] and s == lots.security[l] and d == lots.acquired[l]
+            if g != market.wash_group[lots.security[l]] or own or n <= 0:
+                continue
+            take = min(need, n)
+            rep[4] -= take
+            need -= take
+            out[k] += take * (price[l] - lots.cost_basis[l])
     return out
 
 
@@ -275,8 +312,8 @@ def hard_rule_violations(market: Market, hh: Household, p: HouseholdProblem, res
     if len(short):
         out.append(f"short (account, security) after trades: {[divmod(int(k), n) for k in short]}")
 
-    # Realized gain of the run: shares x (price - basis) on taxable lots; a loss a recent buy
-    # of its group disallows counts 0.
+    # Realized gain of the run: shares x (price - basis) on taxable lots, less the part of a
+    # loss the wash-sale rule disallows (pro rata to the replacement shares).
     window = SETTINGS.wash_window_days
     lot = np.where(sells, tr.lot, 0)
     basis = lots.cost_basis[lot] if len(lots) else np.zeros(len(tr))  # no lots: no sells
@@ -284,11 +321,11 @@ def hard_rule_violations(market: Market, hh: Household, p: HouseholdProblem, res
     gain = np.where(taxable, tr.shares * (tr.price - basis), 0.0)
     if not np.allclose(tr.realized_gain, gain, rtol=1e-9, atol=1e-6):
         out.append("realized gains are not shares x (price - basis) on taxable lots")
-    recent_buy = disallowed_losses(market, hh, window)[lot] if len(lots) else np.zeros(len(tr), bool)
-    disallowed = taxable & (gain < 0) & recent_buy
-    if not np.array_equal(tr.loss_disallowed & sells, disallowed):
-        out.append("loss_disallowed flags differ from the wash-sale rule")
-    realized = float(np.sum(np.where(disallowed, 0.0, gain)))
+    disallowed = wash_disallowed(market, hh, tr, window) if len(lots) else np.zeros(len(tr))
+    if not (np.allclose(tr.disallowed_loss, disallowed, rtol=1e-9, atol=1e-6)
+            and np.array_equal(tr.loss_disallowed & sells, disallowed < 0)):
+        out.append("disallowed losses differ from the wash-sale rule")
+    realized = float(np.sum(np.where(taxable, gain - disallowed, 0.0)))
 
     # Budget room: this year's budget less the year's net gains (and, in a transition, the
     # transition allowance, which only the problem's budget carries).
@@ -308,12 +345,14 @@ def hard_rule_violations(market: Market, hh: Household, p: HouseholdProblem, res
     elif over > CENT:
         out.append(f"realized gain {realized:.4f} above the budget room {room:.4f} (status {res.status})")
 
-    # Wash sales: no buy of a group sold at a loss in the last 30 days (any account); never a
-    # buy and a loss sale (taxable lot, price under basis) of one group in the run.
+    # Wash sales: no buy of a group sold at a loss in a taxable account in the last 30 days (a
+    # sale below basis in an IRA is no loss); never a buy and a loss sale (taxable lot, price
+    # under basis) of one group in the run.
     rt = hh.recent
     as_of = np.datetime64(market.as_of, "D")
     live = (rt.date >= as_of - np.timedelta64(window, "D")) & (rt.date <= as_of)
-    recent_loss = live & ~rt.is_buy & (np.nan_to_num(rt.realized_gain, nan=0.0) < 0)
+    recent_loss = live & ~rt.is_buy & (acc.account_type[rt.account] == TAXABLE) \
+        & (np.nan_to_num(rt.realized_gain, nan=0.0) < 0)
     blocked = set(market.wash_group[rt.security[recent_loss]].tolist())
     bought = set(market.wash_group[tr.security[buys]].tolist())
     if bought & blocked:
@@ -399,12 +438,15 @@ def with_trade(market: Market, hh: Household, res: HouseholdResult, account: int
     gain = 0.0
     if not buy and hh.accounts.account_type[account] == TAXABLE:
         gain = shares * (price - float(lots.cost_basis[lot]))
-    disallowed = gain < 0 and bool(disallowed_losses(market, hh, SETTINGS.wash_window_days)[lot])
     row = dict(account=account, security=security, lot=lot, is_buy=buy, shares=shares, price=price,
-               value=shares * price, realized_gain=gain, long_term=False, loss_disallowed=disallowed,
-               reason=TradeReason.REBALANCE.value)
+               value=shares * price, realized_gain=gain, long_term=False, loss_disallowed=False,
+               reason=TradeReason.REBALANCE.value, disallowed_loss=0.0, loss_destroyed=0.0)
     new = {k: np.append(getattr(tr, k), np.array([v], dtype=getattr(tr, k).dtype)) for k, v in row.items()}
-    return dataclasses.replace(res, trades=Trades(**new))
+    trades = Trades(**new)
+    # The wash-sale figures of the trades with the new one, as the rule says.
+    dis = wash_disallowed(market, hh, trades, SETTINGS.wash_window_days)
+    trades = dataclasses.replace(trades, disallowed_loss=dis, loss_disallowed=dis < 0)
+    return dataclasses.replace(res, trades=trades)
 
 
 def test_the_hard_rule_checks_catch_broken_trades(market_households, pipeline_runs):
@@ -446,7 +488,8 @@ def test_the_hard_rule_checks_catch_broken_trades(market_households, pipeline_ru
                 l = int(np.flatnonzero(ok)[0])
                 expect("budget", "above the budget room", r, with_trade(market, hh, res, -1, -1, l, float(left[l])))
         rt = hh.recent
-        loss = (rt.date >= as_of - window) & ~rt.is_buy & (np.nan_to_num(rt.realized_gain, nan=0.0) < 0)
+        loss = (rt.date >= as_of - window) & ~rt.is_buy & (acc.account_type[rt.account] == TAXABLE) \
+            & (np.nan_to_num(rt.realized_gain, nan=0.0) < 0)
         if loss.any():  # buy one share of a security sold at a loss in the window
             expect("wash block", "sold at a loss in the last", r,
                    with_trade(market, hh, res, int(rt.account[loss][0]), int(rt.security[loss][0]), -1, 1.0))
