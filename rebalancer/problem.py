@@ -20,10 +20,13 @@ where ``F = C C^T`` (Cholesky of the factor covariance), X the exposures of the 
 securities, L the look-through of ETFs to their constituents with specific variances d
 (Grinold & Kahn, *Active Portfolio Management*, ch. 3: tracking variance ``a' (X F X' + D) a``),
 ``c`` the tax (each lot at its own rate times its gain per dollar, short-term gains priced for
-waiting, see :func:`rebalancer.taxlots.wait_priced_rates`), half-spread, tax drag (yield
-times the rate of its income class, taxable accounts only: asset location) and a small cost
-on buying securities outside the target (substitutes must earn their place), scaled by
-the household's tax sensitivity, and ``q`` a small impact term. Subject to
+waiting, see :func:`rebalancer.taxlots.wait_priced_rates`; a loss whose replacement shares are
+in the wash-sale window at what its deferred part keeps, its destroyed part as a cost, see
+:mod:`rebalancer.washsale`), half-spread, tax drag (yield times the rate of its income class,
+taxable accounts only: asset location), a small cost on buying securities outside the target
+(substitutes must earn their place) and one on buying a group with taxable losses (the losses
+the buy puts in a wash-sale window, :func:`_loss_at_risk`), scaled by the household's tax
+sensitivity, and ``q`` a small impact term. Subject to
 
 - ``lb <= x <= ub`` (no shorts, sells only from held lots, never-sell, blocked buys, forced
   divestment as ``lb = ub``);
@@ -485,9 +488,9 @@ def _loss_at_risk(lt: LotTax, lot_sec: np.ndarray, wash_group: np.ndarray, activ
         return None
     free = lt.value * lt.unmatched * loss
     benefit = free * -lt.gain * lt.priced
-    codes, sec_g = np.unique(wash_group, return_inverse=True)
+    sec_g = wash_group  # the market's group codes, one bin per code up to the largest here
     lot_g = sec_g[lot_sec]
-    G = len(codes)
+    G = int(sec_g.max(initial=-1)) + 1
     Q = np.bincount(lot_g, weights=free, minlength=G)
     B = np.bincount(lot_g, weights=benefit, minlength=G)
     need = np.maximum(-np.bincount(sec_g, weights=active, minlength=G), 0.0) * V

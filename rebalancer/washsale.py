@@ -276,12 +276,16 @@ def _candidates(market: Market, hh: Household, date, window: int, held: np.ndarr
     the run. None when there are none."""
     rt, lots = hh.recent, hh.lots
     start = date - np.timedelta64(window, "D")
-    loss_groups = np.unique(market.wash_group[lots.security[loss_lot]])
     live = np.flatnonzero(rt.is_buy & (rt.date >= start) & (rt.date <= date)) if len(rt) else np.zeros(0, np.int64)
-    live = live[np.isin(market.wash_group[rt.security[live]], loss_groups)]
+    if not len(live) and (buys is None or not len(buys[0])):
+        return None
+    # Only buys of the loss lots' groups (a mask over the market's groups: np.isin costs more).
+    loss_group = np.zeros(len(market.wash_group_names), bool)
+    loss_group[market.wash_group[lots.security[loss_lot]]] = True
+    live = live[loss_group[market.wash_group[rt.security[live]]]]
     if buys is not None:
         b_acc, b_sec, b_sh = (np.asarray(x) for x in buys)
-        run = np.flatnonzero(np.isin(market.wash_group[b_sec.astype(np.int64)], loss_groups))
+        run = np.flatnonzero(loss_group[market.wash_group[b_sec.astype(np.int64)]])
     else:
         run = np.zeros(0, np.int64)
     if not len(live) and not len(run):
