@@ -73,8 +73,12 @@ class LotTax:
     deferred, destroyed, unmatched : the fractions of a loss lot's shares whose loss a sale of
     the whole lot would defer into a replacement's basis, destroy (an IRA replacement) or keep
     (:class:`rebalancer.washsale.WashState`; 0, 0, 1 for any other lot); disallowed : some of it
-    would be disallowed (wash sale); g_eff : gain per dollar counted for the tax budget, the
-    allowed part ``gain * unmatched``; taxable : the lot is in a taxable account.
+    would be disallowed (wash sale); g_eff : gain per dollar counted for the tax budget: the
+    gain, but 0 for a loss lot a replacement share meets. The allowed loss of s shares of such a
+    lot, ``gain * max(0, s - R)`` per share for R replacement shares, is 0 for the first R
+    shares sold (Treas. Reg. 1.1091-1(c)), and 0 is the only linear count that never credits
+    more loss than a sale realizes: a budget the optimizer meets is never broken by the matching.
+    taxable : the lot is in a taxable account.
     """
     price: np.ndarray
     value: np.ndarray
@@ -107,7 +111,7 @@ def lot_tax(market: Market, hh: Household, date, wash: WashState) -> LotTax:
     unmatched = np.where(loss, wash.unmatched_share, 1.0)
     disallowed = (deferred + destroyed) > 0
     return LotTax(price=price, value=value, gain=gain, long_term=lt, rate=rate, priced=priced,
-                  disallowed=disallowed, g_eff=np.where(disallowed, gain * unmatched, gain),
+                  disallowed=disallowed, g_eff=np.where(disallowed, 0.0, gain),
                   taxable=acc.account_type[lots.account] == TAXABLE, deferred=deferred, destroyed=destroyed,
                   unmatched=unmatched)
 

@@ -70,6 +70,7 @@ from .market import Market
 __all__ = ["WASH_WINDOW_DAYS", "WashState", "WashMatch", "wash_state", "wash_match", "tacked_acquired"]
 
 WASH_WINDOW_DAYS = 30
+_SHARE_EPS = 1e-9  # shares below this are float residue, not shares (simulate drops such lots)
 
 
 @dataclass(frozen=True, eq=False)
@@ -296,7 +297,8 @@ def _candidates(market: Market, hh: Household, date, window: int, held: np.ndarr
     lot_key = np.where(in_window, _key((np.where(in_window, lots.acquired, start) - start).astype(np.int64),
                                        lots.account, lots.security, n_acc, n_sec), -1)
     matched = rt.matched[live] if rt.matched is not None else np.zeros(len(live))
-    unmatched = np.maximum(rt.shares[live] - matched, 0.0)
+    unmatched = rt.shares[live] - matched
+    unmatched = np.where(unmatched > _SHARE_EPS, unmatched, 0.0)
     key = _key((rt.date[live] - start).astype(np.int64), rt.account[live], rt.security[live], n_acc, n_sec)
     ira = acc_type[rt.account[live]] != TAXABLE
     avail = unmatched.copy()
@@ -308,7 +310,7 @@ def _candidates(market: Market, hh: Household, date, window: int, held: np.ndarr
         pool = np.zeros(len(keys))
         hit = np.minimum(np.searchsorted(keys, lot_key), len(keys) - 1)
         ok = (lot_key >= 0) & (keys[hit] == lot_key)
-        np.add.at(pool, hit[ok], np.maximum(held[ok], 0.0))
+        np.add.at(pool, hit[ok], np.where(held[ok] > _SHARE_EPS, held[ok], 0.0))  # a lot sold out is gone
         by = np.argsort(inv, kind="stable")
         g, u = inv[by], unmatched[tax][by]
         csum = np.concatenate(([0.0], np.cumsum(u)))
@@ -342,7 +344,7 @@ def _take(cand: _Candidates, avail: np.ndarray, group: int, own: int, need: floa
     for k in cand.of_group.get(group, ()):
         if need <= 0:
             break
-        if cand.key[k] == own or avail[k] <= 0:
+        if cand.key[k] == own or avail[k] <= _SHARE_EPS:
             continue
         take = min(need, float(avail[k]))
         avail[k] -= take
@@ -367,4 +369,4 @@ def _matchable(market: Market, lots, loss_lot: np.ndarray, cand: _Candidates) ->
         np.add.at(per_key, np.searchsorted(keys, cand.key[sel]), cand.avail[sel])
         own[mine] = per_key[hit[mine]]
     other = of_group[market.wash_group[lots.security]] - own
-    return np.flatnonzero(loss_lot & (other > 1e-12))
+    return np.flatnonzero(loss_lot & (other > _SHARE_EPS))

@@ -253,7 +253,7 @@ def wash_disallowed(market: Market, hh: Household, tr: Trades, window: int) -> n
         n = max(float(rt.shares[r] - matched[r]), 0.0)
         if acc.account_type[a] == TAXABLE:
             key = (a, s, d)
-            held = float(left[(lots.account == a) & (lots.security == s) & (lots.acquired == d)].sum())
+            held = float(left[(lots.account == a) & (lots.security == s) & (lots.acquired == d) & (left > 1e-9)].sum())
             n = max(min(n, held - used_by_key.get(key, 0.0)), 0.0)
             used_by_key[key] = used_by_key.get(key, 0.0) + n
         pool.append([int(market.wash_group[s]), a, s, d, n])
@@ -270,7 +270,7 @@ def wash_disallowed(market: Market, hh: Household, tr: Trades, window: int) -> n
                 break
             g, a, s, d, n = rep
             own = a == lots.account[l] and s == lots.security[l] and d == lots.acquired[l]
-            if g != market.wash_group[lots.security[l]] or own or n <= 0:
+            if g != market.wash_group[lots.security[l]] or own or n <= 1e-9:  # below: float residue
                 continue
             take = min(need, n)
             rep[4] -= take

@@ -248,14 +248,14 @@ def test_an_ira_replacement_destroys_the_loss_and_each_share_replaces_once(m):
 def test_a_deferred_loss_is_priced_at_its_documented_value(m):
     """The 100-share lot with 30 taxable replacement shares: sold in full, 30% of its loss would
     be deferred. Per dollar sold it is priced at 0.288 x -0.2 x (1 - 0.3 x (1 - 0.5)) = -0.04896
-    (g = 1 - 60/50 = -0.2; deferred_loss_value 0.5), plus 0.0005 half spread. Its gain for the
-    tax budget is the allowed part, -0.2 x 0.7 = -0.14."""
+    (g = 1 - 60/50 = -0.2; deferred_loss_value 0.5), plus 0.0005 half spread. For the tax
+    budget it counts no loss: its first 30 shares sold realize none."""
     hh = xom_household(m, loss_shares=100, replacement_shares=30)
     p = build_problem(m, hh, OptimizerSettings())
     j = int(np.flatnonzero((p.kind == VarKind.LOT_SELL) & (p.lot == 0))[0])
     v = DEFAULTS.deferred_loss_value
     assert p.cost[j] == pytest.approx(T_LT * -0.2 * (1 - 0.3 * (1 - v)) + HALF_SPREAD, rel=1e-12)
-    assert p.gain[j] == pytest.approx(-0.14, rel=1e-12)
+    assert p.gain[j] == 0.0
 
 
 def test_a_buy_of_a_group_with_taxable_losses_is_charged_the_loss_it_puts_at_risk(m):
