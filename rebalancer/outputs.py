@@ -7,6 +7,7 @@ processed, with its reason. Rows carry ids, never client names.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import numpy as np
@@ -63,6 +64,7 @@ _HH_FIELDS = [
     ("objective", pa.float64(), "Objective of the trades, USD."),
     ("objective_continuous", pa.float64(), "Objective of the convex solution, USD."),
     ("rounding_cost", pa.float64(), "objective - objective_continuous, USD."),
+    ("objective_hold", pa.float64(), "Objective of no trades, USD; null where holding breaks a hard rule (a forced sale, a reserve short of cash). Value found: objective_hold - objective_continuous; kept by the orders: objective_hold - objective."),
     ("naive_objective", pa.float64(), "Objective of the naive trades, USD."),
     ("naive_feasible", pa.bool_(), "The naive trades obey every rule of the problem."),
     ("budget_room", pa.float64(), "Gains the run could realize under the tax budget, USD (inf: no budget)."),
@@ -97,6 +99,10 @@ ACCOUNTS_SCHEMA = pa.schema([
     _f("active_before", pa.float64(), "Active share before trades: half the sum of |active weights|, cash included."),
     _f("active_after", pa.float64(), "Active share after the run's trades."),
     _f("active_naive", pa.float64(), "Active share after the naive rebalance."),
+    _f("cash_after", pa.float64(), "Cash after the run's trades, USD."),
+    _f("cash_target", pa.float64(), "Cash the account targets, USD: its reserve (models hold no cash)."),
+    _f("cash_band", pa.float64(), "Tolerance above the target, USD: cash above cash_target + cash_band is invested unless cash_note says why not."),
+    _f("cash_note", pa.string(), "Why cash above the band was left; null where it was not.", True),
 ])
 
 _ACCOUNT_TYPES = np.array([AccountType.TAXABLE.value, AccountType.TRADITIONAL.value, AccountType.ROTH.value])
@@ -174,6 +180,7 @@ def households_table(pairs: Iterable[tuple[Household, HouseholdResult]],
     }
     for name, _, _ in _HH_FIELDS:
         cols[name] = [getattr(r, name) for r in results] + nulls
+    cols["objective_hold"] = [v if math.isfinite(v) else None for v in cols["objective_hold"][:len(results)]] + nulls
     # Rows by household id; a stable sort, as list.sort was.
     order = np.argsort(np.array(cols["household_id"], np.int64), kind="stable").tolist()
     return pa.Table.from_arrays([pa.array([cols[f.name][i] for i in order], f.type) for f in HOUSEHOLDS_SCHEMA],
@@ -184,7 +191,7 @@ def accounts_table(pairs: Iterable[tuple[Household, HouseholdResult]]) -> pa.Tab
     """One row per account of the rebalanced households ``pairs``, in the order given."""
     pairs = list(pairs)
     for hh, r in pairs:
-        if r.accounts is None:
+        if r.accounts is None or r.cash is None:
             raise ValueError(f"household {hh.household_id}: result has no account figures")
     if not pairs:
         return ACCOUNTS_SCHEMA.empty_table()
@@ -200,7 +207,9 @@ def accounts_table(pairs: Iterable[tuple[Household, HouseholdResult]]) -> pa.Tab
         "model_id": cat(accs, "model_id").astype(np.int32), "account_type": _ACCOUNT_TYPES[cat(accs, "account_type")],
         "direct_indexed": cat(accs, "di_etf") >= 0,
         **{name: cat(figs, name) for name in ("value", "te_before", "te_after", "te_naive", "active_before",
-                                              "active_after", "active_naive")}}
+                                              "active_after", "active_naive")},
+        **{name: np.concatenate([getattr(r.cash, name) for _, r in pairs]) for name in ("cash_after", "cash_target", "cash_band")},
+        "cash_note": [n for _, r in pairs for n in r.cash.note]}
     return pa.Table.from_arrays([pa.array(cols[f.name], f.type) for f in ACCOUNTS_SCHEMA], schema=ACCOUNTS_SCHEMA)
 
 

@@ -59,7 +59,7 @@ def hand_qp(ids, a0, moves, cost, eq=None, tax_weight: float = 1.0):
     ``moves`` (len(ids), N): +1 where variable j buys security ids[i], -1 where it sells.
     Returns (x, mu): x in units of V, mu the multipliers of the Lagrangian f + mu'(E x - e).
     """
-    S = hand_covariance(ids)
+    S = objective_covariance(ids)
     M = np.asarray(moves, float)
     n = M.shape[1]
     E, e = eq if eq is not None else (np.zeros((0, n)), np.zeros(0))
@@ -75,7 +75,14 @@ def hand_qp(ids, a0, moves, cost, eq=None, tax_weight: float = 1.0):
 
 def hand_objective(ids, a0, moves, cost, x, tax_weight: float = 1.0) -> float:
     a = np.asarray(a0, float) + np.asarray(moves, float) @ x
-    return float(LAM * a @ hand_covariance(ids) @ a + tax_weight * (np.asarray(cost) @ x + Q * x @ x))
+    return float(LAM * a @ objective_covariance(ids) @ a + tax_weight * (np.asarray(cost) @ x + Q * x @ x))
+
+
+def objective_covariance(ids) -> np.ndarray:
+    """The objective's covariance: the risk model's plus the cash factor's ``vol^2 11'``
+    (OptimizerSettings.cash_active_vol: idle cash carries the risk of the target it is not in)."""
+    n = len(list(ids))
+    return hand_covariance(ids) + DEFAULTS.cash_active_vol ** 2 * np.ones((n, n))
 
 
 def hand_te(active: np.ndarray) -> float:
