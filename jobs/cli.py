@@ -21,11 +21,11 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import datetime as dt  # noqa: E402
-import json  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
+from rebalancer import jsonout  # noqa: E402
 from rebalancer.errors import RebalancerError  # noqa: E402
 from rebalancer.storage import S3Options  # noqa: E402
 
@@ -89,7 +89,7 @@ def cmd_generate(args) -> int:
         "peak_rss_mb_driver": round(own, 1), "peak_rss_mb_worker": round(child, 1),
     }
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(jsonout.dumps(summary, indent=2))
     else:
         print(f"book {args.out} as of {summary['as_of']}: {summary['households']:,} households, "
               f"{summary['accounts']:,} accounts, {summary['lots']:,} lots, {summary['positions']:,} positions, "
@@ -104,7 +104,7 @@ def cmd_validate(args) -> int:
 
     report = validate_book(args.book, s3=_s3(args), max_per_rule=args.max_per_rule)
     if args.json:
-        print(json.dumps({"ok": report.ok, "rows_checked": report.rows_checked, "omitted": report.omitted,
+        print(jsonout.dumps({"ok": report.ok, "rows_checked": report.rows_checked, "omitted": report.omitted,
                           "problems": [p.__dict__ for p in report.problems]}, indent=2, default=str))
     else:
         print(report.format())
@@ -151,7 +151,7 @@ def cmd_household(args) -> int:
     summary = {f: getattr(r, f) for f in fields}
     summary["timings"] = r.timings
     if args.json:
-        print(json.dumps({"household_id": hh.household_id, **summary, "trades": rows}, indent=2, default=str))
+        print(jsonout.dumps({"household_id": hh.household_id, **summary, "trades": rows}, indent=2, default=str))
         return 0
     print(f"household {hh.household_id}: {hh.n_accounts} accounts, {len(hh.lots)} lots, ${r.value:,.2f}; {r.status}")
     print(f"  tracking error {r.te_before:.2%} -> {r.te_after:.2%} (naive rebalance: {r.te_naive:.2%})")
@@ -205,7 +205,7 @@ def cmd_run(args) -> int:
                      num_cpus=args.num_cpus, s3=_s3(args))
     with _json_only_on_stdout(args.json):
         outcome = run_book(req, stream=None if args.quiet else sys.stderr)
-    print(json.dumps(outcome.summary, indent=2, sort_keys=True) if args.json else outcome.text)
+    print(jsonout.dumps(outcome.summary, indent=2, sort_keys=True) if args.json else outcome.text)
     return 0 if outcome.complete else 3
 
 
@@ -253,7 +253,7 @@ def cmd_capacity(args) -> int:
                           sample_seed=args.sample_seed, docs=None if args.no_docs else args.docs)
     with _json_only_on_stdout(args.json):
         report = run_capacity(req, stream=None if args.quiet else sys.stderr)
-    print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_report(report))
+    print(jsonout.dumps(report, indent=2, sort_keys=True) if args.json else format_report(report))
     return 0 if report["run"]["complete"] else 3
 
 
