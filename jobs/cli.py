@@ -1,12 +1,15 @@
 """The ``rebalance`` command.
 
 Subcommands: ``generate`` (a synthetic book), ``validate`` (a book against the data contract),
-``household`` (rebalance one household and print its trades), ``run`` (rebalance the whole
-book on Ray), ``capacity`` (generate or reuse a book, run it, and report speed, memory and
-both solvers side by side), ``report`` (the run report, HTML and JSON), ``scenario`` (a
-crisis day: reprice the book by a shock and run it; a month of daily harvesting), ``schema`` (print the contract). Exit status: 0 success, 1 the book has errors,
-2 bad usage or an unreadable input, 3 a run finished incomplete (shards failed; re-run with
-the same ``--run-id`` to finish it).
+``household`` (rebalance one household as a run does and print its trades), ``run``
+(rebalance the whole book on Ray), ``capacity`` (generate or reuse a book, run it, and report
+speed, memory and both solvers side by side), ``report`` (the run report, HTML and JSON),
+``review`` (check a run's orders against the rules a desk sends them by), ``scenario`` (a
+crisis day: reprice the book by a shock and run it; a month of daily harvesting), ``schema``
+(print the contract). Exit status: 0 success, 1 the book has errors (``validate``), the
+household is rejected (``household``) or a hard rule is broken (``review``), 2 bad usage or an
+unreadable input, 3 a run finished incomplete (shards failed; re-run with the same
+``--run-id`` to finish it).
 """
 from __future__ import annotations
 
@@ -285,6 +288,24 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_review(args) -> int:
+    from cluster.history import split_run_uri
+    from cluster.layout import RunLayout
+    from rebalancer.book import Book, book_fingerprint
+    from rebalancer.review import format_review, review_run
+    from rebalancer.storage import open_uri
+
+    out, run_id = split_run_uri(args.run)
+    run = RunLayout(open_uri(out, _s3(args)), run_id).read_run()
+    if run is None:
+        raise ValueError(f"{args.run}: no run.json: not a run")
+    if book_fingerprint(Book.open(args.book, _s3(args))) != run["book_fingerprint"]:
+        raise ValueError(f"run {run_id} was made from another book than {args.book} (book.json differs)")
+    rep = review_run(args.run, args.book, s3=_s3(args))
+    print(jsonout.dumps(rep, indent=2, sort_keys=True) if args.json else format_review(rep))
+    return 0 if rep["ok"] else 1
+
+
 def cmd_schema(args) -> int:
     from rebalancer.schema import contract_markdown
 
@@ -349,6 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json-out", default=None, help="where to write the JSON figures (default: <run>/report.json)")
     _s3_args(rp)
     rp.set_defaults(func=cmd_report)
+
+    rv = sub.add_parser("review", help="review a run's orders before sending them: value kept after rounding, "
+                                       "worse than holding, dust, under minimums, cash above band, wash-sale "
+                                       "losses; writes review.json into the run (exit 1 if a hard rule is broken)")
+    rv.add_argument("--book", required=True, help="the book the run was made from (URI)")
+    rv.add_argument("--run", required=True, help="the run's URI, <out>/<run_id> (path, file:// or s3://)")
+    rv.add_argument("--json", action="store_true", help="print review.json instead of the one-screen review")
+    _s3_args(rv)
+    rv.set_defaults(func=cmd_review)
 
     s = sub.add_parser("schema", help="print the data contract as Markdown")
     s.add_argument("--markdown", action="store_true", help="(the only format)")
