@@ -4,6 +4,10 @@ One row per lot sold or security bought; one row per household rebalanced; one r
 account of a rebalanced household (its distance from its own model before and after, for
 dispersion, see :mod:`rebalancer.dispersion`); one row per account that could not be
 processed, with its reason. Rows carry ids, never client names.
+
+No column holds NaN or infinity: a figure that is missing or undefined is null, and its
+column's doc says when (a NaN is a number to Parquet readers: it passes a null check and
+turns a sum into NaN).
 """
 from __future__ import annotations
 
@@ -67,10 +71,11 @@ _HH_FIELDS = [
     ("objective_hold", pa.float64(), "Objective of no trades, USD; null where holding breaks a hard rule (a forced sale, a reserve short of cash). Value found: objective_hold - objective_continuous; kept by the orders: objective_hold - objective."),
     ("naive_objective", pa.float64(), "Objective of the naive trades, USD."),
     ("naive_feasible", pa.bool_(), "The naive trades obey every rule of the problem."),
-    ("budget_room", pa.float64(), "Gains the run could realize under the tax budget, USD (inf: no budget)."),
+    ("budget_room", pa.float64(), "Gains the run could realize under the tax budget, USD; null: the household has no budget."),
     ("budget_overrun", pa.float64(), "Realized gain above the budget, USD."),
     ("primal_residual", pa.float64(), "Largest constraint violation of the convex solution, USD."),
-    ("dual_residual", pa.float64(), "KKT stationarity residual, USD."),
+    ("dual_residual", pa.float64(), "KKT stationarity residual, USD; null where the trades have none (solver "
+                                    "'<solver>+naive': the naive trades, kept because they were better than the solve)."),
     ("iterations", pa.int32(), "Solver iterations of the final solve."),
     ("solves", pa.int32(), "Solves for this household."),
     ("fallbacks", pa.int32(), "Solves the fast solver handed to the reference because it did not converge."),
@@ -178,9 +183,11 @@ def households_table(pairs: Iterable[tuple[Household, HouseholdResult]],
         "accounts": [hh.n_accounts for hh, _ in pairs] + [len({j.account_id for j in js}) for js in rejected.values()],
         "trades": [len(r.trades) for r in results] + [0] * len(rejected),
     }
-    for name, _, _ in _HH_FIELDS:
-        cols[name] = [getattr(r, name) for r in results] + nulls
-    cols["objective_hold"] = [v if math.isfinite(v) else None for v in cols["objective_hold"][:len(results)]] + nulls
+    for name, type_, _ in _HH_FIELDS:
+        vals = [getattr(r, name) for r in results]
+        if pa.types.is_floating(type_):  # a missing figure (NaN) or none at all (inf: no budget) is null
+            vals = [float(v) if math.isfinite(v) else None for v in vals]
+        cols[name] = vals + nulls
     # Rows by household id; a stable sort, as list.sort was.
     order = np.argsort(np.array(cols["household_id"], np.int64), kind="stable").tolist()
     return pa.Table.from_arrays([pa.array([cols[f.name][i] for i in order], f.type) for f in HOUSEHOLDS_SCHEMA],
