@@ -51,8 +51,10 @@ _EPS = 1e-9
 _TOL = 1e-12  # units of V: a move must lower f by more than this (solver noise is far above)
 
 # Notes an account's row carries when its cash stays above the band.
+NOTE_STEPS = "the descent stopped at its step cap (OptimizerSettings.descent_max_steps)"
 NOTE_BLOCKED = "every eligible buy is blocked (screens, never-buy, wash sales, restrictions)"
-NOTE_NO_FIT = "no whole share of an eligible buy fits between the reserve and the minimum trade"
+NOTE_NO_FIT = ("no whole share of an eligible buy fits: above the reserve, the minimum trade, and within half a share "
+               "of its target")
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +72,7 @@ class DiscreteResult:
     orders: Orders
     x: np.ndarray  # the orders as a point of the problem (units of V)
     objective_hold: float  # f of no trades, units of V; nan where holding breaks a hard rule
+    objective_naive_whole: float  # f of the naive trades made whole by the same rules; nan where infeasible
     start: str  # which start the kept orders descend from: continuous | hold | naive
     moves: int
     cash: AccountCash
@@ -147,6 +150,7 @@ class _Descent:
         self.cost = p.cost
         self.q = p.impact
         self.moves = 0
+        self.steps, self.max_steps = 0, 1
         self.tol = max(0.01 / V, _TOL)  # a move must gain at least a cent
 
     # --- state -----------------------------------------------------------------------------
@@ -221,7 +225,7 @@ class _Descent:
         jump = np.where(s > 0, s, jump)
         return np.stack([up, dn, zero, full, jump])
 
-    def valid(self, c: np.ndarray, ignore_cash: bool = False) -> np.ndarray:
+    def valid(self, c: np.ndarray, ignore_cash: bool = False, minimums: bool = True) -> np.ndarray:
         """(K, N) which candidate share counts keep every hard rule (see the module docstring)."""
         s = self.s
         ok = (c >= self.smin - _EPS) & (c <= self.smax + _EPS) & (np.abs(c - s) > _EPS)
@@ -252,10 +256,10 @@ class _Descent:
         nonfull = self.nonfull[self.side_key] - (~self.is_buy & (s < self.smax - _EPS)) \
             + (~self.is_buy & (c < self.smax - _EPS))
         closes = ~self.is_buy & (nonfull <= 0)
-        exempt = self.forced_key[self.side_key] | closes
+        exempt = self.forced_key[self.side_key] | closes | (not minimums)
         ok &= (agg < 1e-6) | (agg >= self.min_trade - 1e-6) | exempt
         row = c * self.px
-        ok &= (c <= _EPS) | (row >= self.dust) | self.forced
+        ok &= (c <= _EPS) | (row >= self.dust) | self.forced | (not minimums)
         ok &= ~self.new_pos | (c <= _EPS) | (row >= self.min_pos - 1e-6)
         return ok
 
@@ -271,7 +275,7 @@ class _Descent:
         """Make the start keep the minimums: a buy under its minimum trade, a new position
         under its minimum or a row under dust is dropped; a sale under its minimum trade is
         raised to it (or to the whole lot) where the lot allows, else dropped."""
-        for _ in range(3):
+        for it in range(3):
             s = self.s
             row = s * self.px
             agg = self.agg[self.side_key]
@@ -282,22 +286,20 @@ class _Descent:
                 | (self.new_pos & (row < self.min_pos - 1e-6)))
             if not bad.any():
                 return
-            c = self.candidates()
             for j in np.flatnonzero(bad).tolist():
-                if self.is_buy[j]:
-                    self.s[j] = 0.0
+                if self.is_buy[j] or it > 0 or self.smax[j] * self.px[j] < self.dust:
+                    self.s[j] = 0.0  # a sale raised once and still short of the rules goes too
                 else:
                     want = max(self.min_trade[j] - (agg[j] - row[j]), self.dust) / self.px[j]
                     up = math.ceil(want - 1e-9) if not self.frac[j] else math.ceil(want * 1e6 - 1e-6) / 1e6
                     self.s[j] = self.smax[j] if up >= self.smax[j] else float(up)
-            del c
             self.set(self.s)
 
     def run(self, max_steps: int, pairs: int = 6) -> None:
         """Descend until no move helps or after ``max_steps`` steps (a step is one block, one
         move or one pair)."""
         self.clean()
-        self.steps = 0
+        self.steps, self.max_steps = 0, max_steps
         while self.steps < max_steps:
             self.steps += 1
             c_rate, rate, c_df, df = self._best()
@@ -379,7 +381,16 @@ class _Descent:
         d = (c - self.s) * self.unit
         use = self.sign * d  # cash used, units of V
         ok = self.valid(c, ignore_cash=reserve) & off[self.acct]
-        ok &= (use < 0) if reserve else (self.is_buy & (use > 0))
+        if reserve:
+            ok &= use < 0
+        else:
+            # Investing toward the target: a buy may pass its security's target by at most
+            # half of what it buys (rounding to the nearest share), never beyond.
+            ok &= self.is_buy & (use > 0) & (self.a[self.sec] + use <= 0.5 * use + 1e-15)
+        if reserve and not ok.any():
+            # The reserve (a withdrawal) outranks the minimums: a sale under the minimum trade
+            # or dust is made when nothing else raises the cash.
+            ok = self.valid(c, ignore_cash=True, minimums=False) & off[self.acct] & (use < 0)
         if not ok.any():
             return False
         per = np.where(ok, df / np.maximum(np.abs(use), 1e-300), np.inf)
@@ -453,6 +464,8 @@ class _Descent:
                 continue
             open_ = self.is_buy & (self.acct == a) & (p.ub > 0)
             out.append(NOTE_BLOCKED if not open_.any() or not np.any(ok[:, self.acct == a]) else NOTE_NO_FIT)
+        if self.steps >= self.max_steps:
+            out = [None if n is None else NOTE_STEPS for n in out]
         return tuple(out)
 
 
@@ -621,10 +634,18 @@ def whole_share_orders(market: Market, hh: Household, p0: HouseholdProblem, p: H
                                  forced=np.zeros(len(hh.lots), bool)))
         if f < f_best:
             s_best, f_best, moves, how = s, f, m, "hold"
+    f_naive = math.nan
     if x_naive is not None:
         nv = round_solution(market, hh, q, x_naive, lt, settings.min_weight)
+        # The naive trades made whole by the same rules: the descent's own clean-up of them
+        # (minimums, dust), with no move after it.
+        desc.set(_shares_of(q, hh, lt, nv))
+        desc.clean()
+        nv = _orders_of(q, hh, desc.s)
         xn = orders_to_x(q, hh, lt, nv)
-        if max(q.violation(xn).values()) <= 1e-9:
+        wg_ok = not (np.any(desc.bought[desc.losssold > 1e-15] > 1e-15))
+        if max(q.violation(xn).values()) <= 1e-9 and wg_ok:
+            f_naive = q.objective(xn)
             s, f, m = descend(nv)
             if f < f_best:
                 s_best, f_best, moves, how = s, f, m, "naive"
@@ -635,4 +656,4 @@ def whole_share_orders(market: Market, hh: Household, p0: HouseholdProblem, p: H
     cash_after = (desc.cash - desc.net) * V
     cash = AccountCash(cash_after=cash_after, cash_target=hh.accounts.reserve.astype(float).copy(),
                        cash_band=band, note=desc.notes(q))
-    return DiscreteResult(orders=orders, x=x_out, objective_hold=f_hold, start=how, moves=moves, cash=cash)
+    return DiscreteResult(orders=orders, x=x_out, objective_hold=f_hold, objective_naive_whole=f_naive, start=how, moves=moves, cash=cash)

@@ -116,7 +116,8 @@ class HouseholdResult:
     objective : of the orders (whole shares, minimums: :mod:`rebalancer.discrete`);
     objective_continuous : of the convex solution; rounding_cost : their difference;
     objective_hold : of no trades (nan where holding breaks a hard rule: a forced sale, a
-    reserve short of cash). cash : per account cash after, target, band and why cash above
+    reserve short of cash). objective_naive_whole : of the naive trades made whole by the same
+    share and minimum rules (nan where those break a rule). cash : per account cash after, target, band and why cash above
     the band was left. discrete_moves, discrete_start : the descent's moves and where it
     started (continuous | hold | naive). budget_overrun : realized gain above the budget (USD; whole
     shares or hard rules needed it; status budget_exceeded). fallbacks : solves the fast solver
@@ -162,6 +163,7 @@ class HouseholdResult:
     fee: float
     fallbacks: int = 0
     objective_hold: float = math.nan
+    objective_naive_whole: float = math.nan
     cash: AccountCash | None = None
     discrete_moves: int = 0
     discrete_start: str = "continuous"
@@ -330,7 +332,7 @@ def _steps(market: Market, hh: Household, settings: OptimizerSettings, date) -> 
     return HouseholdResult(
         household_id=hh.household_id, status=status, solver=best.solver, value=V, trades=trades,
         objective=obj_round, objective_continuous=obj_cont, rounding_cost=obj_round - obj_cont,
-        objective_hold=disc.objective_hold * V, cash=disc.cash, discrete_moves=disc.moves, discrete_start=disc.start,
+        objective_hold=disc.objective_hold * V, objective_naive_whole=disc.objective_naive_whole * V, cash=disc.cash, discrete_moves=disc.moves, discrete_start=disc.start,
         naive_objective=naive_obj * V, naive_feasible=naive_ok, primal_residual=best.primal_residual * V,
         dual_residual=best.dual_residual * V, iterations=best.iterations, solves=solves,
         te_before=math.sqrt(p0.model_variance(p0.w0)),
