@@ -186,3 +186,16 @@ def test_a_run_of_another_book_is_refused(book, tmp_path, capsys):
     write_book(other, tiny_book_tables(), as_of=dt.date(2021, 4, 20))  # another book.json
     assert main(["review", "--book", other, "--run", run]) == 2
     assert "made from another book" in capsys.readouterr().err
+
+
+def test_a_run_on_s3_is_reviewed_the_same(book, tmp_path, s3_bucket, capsys):
+    local = str(tmp_path / "runs" / "planted")
+    _write_run(book, local)
+    s3_book, s3_run = s3_bucket.uri("book"), s3_bucket.uri("runs/planted")
+    write_book(s3_book, tiny_book_tables())
+    _write_run(s3_book, s3_run)
+    assert main(["review", "--book", s3_book, "--run", s3_run]) == 1
+    capsys.readouterr()
+    on_s3 = jsonout.loads_strict(open_uri(s3_run).read_bytes(REVIEW_FILE))
+    here = review(load_review_inputs(local, book))
+    assert on_s3["rules"] == here["rules"] and on_s3["value_kept"] == here["value_kept"]
