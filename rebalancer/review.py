@@ -10,7 +10,7 @@ hard rules (any break: the review fails, ``rebalance review`` exits 1)
     - ``worse_than_holding``: households whose ``objective`` exceeds ``objective_hold`` by more
       than 1e-6 of their value (doing nothing would have been better; households whose
       ``objective_hold`` is null, where holding breaks a hard rule, cannot be);
-    - ``dust``: trade rows under $1;
+    - ``dust``: trade rows under $1 (those that are one lot of a larger sale counted apart);
     - ``under_minimum``: orders, per (account, security, side) the sum of their rows, worth less
       than the account's ``min_trade`` that neither close the position (a sale of every share
       the account holds of the security) nor are forced (a row with reason ``screen`` or
@@ -190,7 +190,14 @@ def _dust(t: pa.Table, s: ReviewSettings, symbols: dict) -> dict:
     idx = np.flatnonzero(dust)[:_MAX_EXAMPLES]
     rows = t.take(pa.array(idx, pa.int64())).select(["household_id", "account_id", "security_id", "side", "shares",
                                                       "value", "reason"]).to_pylist()
-    return _rule(True, int(dust.sum()), threshold=s.dust, value=float(v[dust].sum()), examples=_named(rows, symbols))
+    # A dust row may be one lot of a larger sale (the order a desk sends is the sum): counted
+    # apart, still a break (a lot designation under $1 is dust on the confirmation too).
+    keys = ["account_id", "security_id", "side"]
+    d = t.filter(pa.array(dust)).select(keys)
+    orders = t.select(keys + ["value"]).group_by(keys).aggregate([("value", "sum")])
+    in_larger = d.join(orders, keys).filter(pc.greater_equal(pc.field("value_sum"), s.dust)).num_rows if d.num_rows else 0
+    return _rule(True, int(dust.sum()), threshold=s.dust, value=float(v[dust].sum()), in_larger_orders=in_larger,
+                 examples=_named(rows, symbols))
 
 
 def _orders(t: pa.Table) -> pa.Table:
@@ -358,7 +365,9 @@ def format_review(r: dict) -> str:
                  f"{w['count']:,} of {w['compared']:,} households ({_usd(w['excess'])} over); "
                  f"{w['holding_breaks_a_rule']:,} where holding breaks a rule"))
     d = rules["dust"]
-    lines.append(f"{mark(d)}  dust: {d['count']:,} trades under {_usd(d['threshold'])} ({_usd(d['value'])})")
+    lines.append(f"{mark(d)}  dust: {d['count']:,} trades under {_usd(d['threshold'])} ({_usd(d['value'])}"
+                 + (f"; {d['in_larger_orders']:,} of them lots of an order of {_usd(d['threshold'])} or more"
+                    if d["in_larger_orders"] else "") + ")")
     u = rules["under_minimum"]
     lines.append(f"{mark(u)}  under minimum: {u['count']:,} orders under the account's min_trade, neither closing "
                  f"nor forced ({u['under_minimum']:,} under it of {u['orders']:,} orders: "

@@ -103,7 +103,7 @@ def test_every_figure_of_a_planted_run(book, tmp_path):
     assert w["excess"] == pytest.approx(10.0) and w["examples"][0]["household_id"] == 11
 
     d = rules["dust"]
-    assert (d["count"], d["value"]) == (2, pytest.approx(1.49))
+    assert (d["count"], d["value"], d["in_larger_orders"]) == (2, pytest.approx(1.49), 0)
     assert sorted(e["account_id"] for e in d["examples"]) == [120, 130]
 
     u = rules["under_minimum"]
@@ -129,6 +129,15 @@ def test_every_figure_of_a_planted_run(book, tmp_path):
     ws = r["wash_sales"]
     assert (ws["loss_deferred"], ws["loss_destroyed"], ws["disallowed_loss"]) == (-15.0, -7.0, -22.0)
     assert "why" not in ws
+
+
+def test_a_lot_under_a_dollar_of_a_larger_sale_is_dust_counted_apart(book, tmp_path):
+    run = str(tmp_path / "runs" / "lots")
+    _write_run(book, run, [_trade(10, 100, 4, "sell", 50.0, 30.0, "rebalance", lot=1),
+                           _trade(10, 100, 4, "sell", 0.02, 0.6, "rebalance", lot=2),
+                           _trade(10, 101, 6, "sell", 0.2, 0.5, "rebalance", lot=5)])
+    d = review(load_review_inputs(run, book))["rules"]["dust"]
+    assert (d["count"], d["in_larger_orders"], d["value"]) == (2, 1, pytest.approx(1.1))
 
 
 def test_the_command_fails_a_broken_run_and_writes_strict_json(book, tmp_path, capsys):
@@ -186,3 +195,16 @@ def test_a_run_of_another_book_is_refused(book, tmp_path, capsys):
     write_book(other, tiny_book_tables(), as_of=dt.date(2021, 4, 20))  # another book.json
     assert main(["review", "--book", other, "--run", run]) == 2
     assert "made from another book" in capsys.readouterr().err
+
+
+def test_a_run_on_s3_is_reviewed_the_same(book, tmp_path, s3_bucket, capsys):
+    local = str(tmp_path / "runs" / "planted")
+    _write_run(book, local)
+    s3_book, s3_run = s3_bucket.uri("book"), s3_bucket.uri("runs/planted")
+    write_book(s3_book, tiny_book_tables())
+    _write_run(s3_book, s3_run)
+    assert main(["review", "--book", s3_book, "--run", s3_run]) == 1
+    capsys.readouterr()
+    on_s3 = jsonout.loads_strict(open_uri(s3_run).read_bytes(REVIEW_FILE))
+    here = review(load_review_inputs(local, book))
+    assert on_s3["rules"] == here["rules"] and on_s3["value_kept"] == here["value_kept"]
