@@ -570,7 +570,7 @@ def _shares_of(p: HouseholdProblem, hh: Household, lt: LotTax, orders: Orders) -
 
 
 def _orders_of(p: HouseholdProblem, hh: Household, s: np.ndarray) -> Orders:
-    """Orders for shares ``s`` per variable: position sales taken from lots first in first out."""
+    """Orders for shares ``s`` per variable: an IRA position's sale taken from its largest lots first."""
     lots = hh.lots
     L, A, n = len(lots), hh.n_accounts, len(p.securities)
     sold = np.zeros(L)
@@ -590,6 +590,9 @@ def _orders_of(p: HouseholdProblem, hh: Household, s: np.ndarray) -> Orders:
             if p.lb[j] > 0:
                 forced[mine] = True
             left = s[j]
+            # An IRA's lots carry no tax: a sale is taken from its largest lots first, so that
+            # no lot row of it is a sliver (dust) of a larger order, and in fewer rows.
+            mine = mine[np.argsort(-lots.shares[mine], kind="stable")]
             for l in mine.tolist():
                 take = min(lots.shares[l], left)
                 sold[l] = take

@@ -10,7 +10,8 @@ hard rules (any break: the review fails, ``rebalance review`` exits 1)
     - ``worse_than_holding``: households whose ``objective`` exceeds ``objective_hold`` by more
       than 1e-6 of their value (doing nothing would have been better; households whose
       ``objective_hold`` is null, where holding breaks a hard rule, cannot be);
-    - ``dust``: trade rows under $1 (those that are one lot of a larger sale counted apart);
+    - ``dust``: trade rows under $1 (those that are one lot of a larger sale counted apart;
+      forced sales, reason ``screen`` or ``restriction``, exempt and counted apart);
     - ``under_minimum``: orders, per (account, security, side) the sum of their rows, worth less
       than the account's ``min_trade`` that neither close the position (a sale of every share
       the account holds of the security) nor are forced (a row with reason ``screen`` or
@@ -186,7 +187,11 @@ def _named(rows: list[dict], symbols: dict) -> list[dict]:
 
 def _dust(t: pa.Table, s: ReviewSettings, symbols: dict) -> dict:
     v = _col(t, "value")
-    dust = v < s.dust
+    # A screen or restriction forces the sale of every share, a sliver of a lot included: such
+    # rows are counted apart and break nothing.
+    forced = np.asarray(pc.is_in(t["reason"], value_set=pa.array(_FORCED)).to_numpy(zero_copy_only=False), bool)
+    n_forced = int(np.sum((v < s.dust) & forced))
+    dust = (v < s.dust) & ~forced
     idx = np.flatnonzero(dust)[:_MAX_EXAMPLES]
     rows = t.take(pa.array(idx, pa.int64())).select(["household_id", "account_id", "security_id", "side", "shares",
                                                       "value", "reason"]).to_pylist()
@@ -197,7 +202,7 @@ def _dust(t: pa.Table, s: ReviewSettings, symbols: dict) -> dict:
     orders = t.select(keys + ["value"]).group_by(keys).aggregate([("value", "sum")])
     in_larger = d.join(orders, keys).filter(pc.greater_equal(pc.field("value_sum"), s.dust)).num_rows if d.num_rows else 0
     return _rule(True, int(dust.sum()), threshold=s.dust, value=float(v[dust].sum()), in_larger_orders=in_larger,
-                 examples=_named(rows, symbols))
+                 forced=n_forced, examples=_named(rows, symbols))
 
 
 def _orders(t: pa.Table) -> pa.Table:
@@ -367,7 +372,8 @@ def format_review(r: dict) -> str:
     d = rules["dust"]
     lines.append(f"{mark(d)}  dust: {d['count']:,} trades under {_usd(d['threshold'])} ({_usd(d['value'])}"
                  + (f"; {d['in_larger_orders']:,} of them lots of an order of {_usd(d['threshold'])} or more"
-                    if d["in_larger_orders"] else "") + ")")
+                    if d["in_larger_orders"] else "") + ")"
+                 + (f"; {d['forced']:,} forced (screen, restriction) apart" if d.get("forced") else ""))
     u = rules["under_minimum"]
     lines.append(f"{mark(u)}  under minimum: {u['count']:,} orders under the account's min_trade, neither closing "
                  f"nor forced ({u['under_minimum']:,} under it of {u['orders']:,} orders: "
