@@ -287,7 +287,9 @@ class _Descent:
             if not bad.any():
                 return
             for j in np.flatnonzero(bad).tolist():
-                if self.is_buy[j] or it > 0 or self.smax[j] * self.px[j] < self.dust:
+                # A sale raised to the minimum must not realize more gain under a budget.
+                gains = math.isfinite(self.budget) and self.gain[j] > 0
+                if self.is_buy[j] or it > 0 or gains or self.smax[j] * self.px[j] < self.dust:
                     self.s[j] = 0.0  # a sale raised once and still short of the rules goes too
                 else:
                     want = max(self.min_trade[j] - (agg[j] - row[j]), self.dust) / self.px[j]
