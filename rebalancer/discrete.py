@@ -52,9 +52,10 @@ _TOL = 1e-12  # units of V: a move must lower f by more than this (solver noise 
 
 # Notes an account's row carries when its cash stays above the band.
 NOTE_STEPS = "the descent stopped at its step cap (OptimizerSettings.descent_max_steps)"
-NOTE_BLOCKED = "every eligible buy is blocked (screens, never-buy, wash sales, restrictions)"
-NOTE_NO_FIT = ("no whole share of an eligible buy fits: above the reserve, the minimum trade, and within half a share "
-               "of its target")
+NOTE_BLOCKED = ("the target's share of securities the account may not buy (screens, never-buy, wash sales) stays "
+                "in cash")
+NOTE_NO_FIT = ("no whole share fits: each eligible buy's share of the excess is under a share, the minimum trade or "
+               "the minimum position")
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,6 +152,12 @@ class _Descent:
         self.q = p.impact
         self.moves = 0
         self.steps, self.max_steps = 0, 1
+        self.sweep, self.swept = np.full(A, np.nan), np.zeros(N)
+        # Each buy's weight in its account's own target (0 outside it): the cash sweep's shares.
+        tw = np.zeros(A * n)
+        for a, (pos, w) in enumerate(p.account_targets):
+            tw[a * n + np.searchsorted(p.securities, pos)] = w
+        self.sweep_w = np.where(self.is_buy, tw[self.key], 0.0)
         self.tol = max(0.01 / V, _TOL)  # a move must gain at least a cent
 
     # --- state -----------------------------------------------------------------------------
@@ -302,6 +309,8 @@ class _Descent:
         move or one pair)."""
         self.clean()
         self.steps, self.max_steps = 0, max_steps
+        self.sweep = np.full(self.A, np.nan)  # per account: the excess a cash sweep invests
+        self.swept = np.zeros(self.N)  # per buy: what the sweep has bought
         while self.steps < max_steps:
             self.steps += 1
             c_rate, rate, c_df, df = self._best()
@@ -386,9 +395,14 @@ class _Descent:
         if reserve:
             ok &= use < 0
         else:
-            # Investing toward the target: a buy may pass its security's target by at most
-            # half of what it buys (rounding to the nearest share), never beyond.
-            ok &= self.is_buy & (use > 0) & (self.a[self.sec] + use <= 0.5 * use + 1e-15)
+            # A cash sweep: the excess found when the account first went over its band is
+            # invested across the account's model by its target weights, each security taking
+            # at most its share (plus one share to round up). A blocked security's share stays
+            # in cash, and the account's note says so.
+            new = off & ~np.isfinite(self.sweep)
+            self.sweep[new] = self.excess()[new]
+            room = self.sweep_w * self.sweep[self.acct] + self.unit - self.swept
+            ok &= self.is_buy & (use > 0) & (use <= room + 1e-15)
         if reserve and not ok.any():
             # The reserve (a withdrawal) outranks the minimums: a sale under the minimum trade
             # or dust is made when nothing else raises the cash.
@@ -397,6 +411,8 @@ class _Descent:
             return False
         per = np.where(ok, df / np.maximum(np.abs(use), 1e-300), np.inf)
         r, j = divmod(int(np.argmin(per)), self.N)
+        if not reserve:
+            self.swept[j] += use[r, j]
         self.apply(j, c[r, j])
         return True
 
@@ -455,17 +471,21 @@ class _Descent:
         return out + (Li * self.d) @ Lj.T
 
     def notes(self, p: HouseholdProblem) -> tuple:
-        """Why each account left cash above its band (None where it did not)."""
+        """Why each account left cash above its band (None where it did not): some of its
+        target it may not buy (its share of the sweep stays in cash), or no whole share fits."""
         ex = self.excess()
-        c = self.candidates()
-        ok = self.valid(c, ignore_cash=True) & self.is_buy & (c > self.s + _EPS)
+        open_buy = self.is_buy & (p.ub > 0) & ~(self.losssold[self.gi] > 1e-15)
+        has_open = np.zeros(self.A * self.n, bool)
+        has_open[self.key[open_buy]] = True
         out = []
         for a in range(self.A):
             if ex[a] <= 1e-9:
                 out.append(None)
                 continue
-            open_ = self.is_buy & (self.acct == a) & (p.ub > 0)
-            out.append(NOTE_BLOCKED if not open_.any() or not np.any(ok[:, self.acct == a]) else NOTE_NO_FIT)
+            pos, w = p.account_targets[a]
+            i = np.searchsorted(p.securities, pos)
+            blocked = np.any((np.asarray(w) > 0) & ~has_open[a * self.n + i])
+            out.append(NOTE_BLOCKED if blocked else NOTE_NO_FIT)
         if self.steps >= self.max_steps:
             out = [None if n is None else NOTE_STEPS for n in out]
         return tuple(out)
@@ -571,7 +591,8 @@ def _shares_of(p: HouseholdProblem, hh: Household, lt: LotTax, orders: Orders) -
     return s
 
 
-def _orders_of(p: HouseholdProblem, hh: Household, s: np.ndarray) -> Orders:
+def _orders_of(p: HouseholdProblem, hh: Household, s: np.ndarray, slack: np.ndarray | None = None,
+               dust: float = 0.0) -> Orders:
     """Orders for shares ``s`` per variable: an IRA position's sale taken from its largest lots first."""
     lots = hh.lots
     L, A, n = len(lots), hh.n_accounts, len(p.securities)
@@ -595,8 +616,16 @@ def _orders_of(p: HouseholdProblem, hh: Household, s: np.ndarray) -> Orders:
             # An IRA's lots carry no tax: a sale is taken from its largest lots first, so that
             # no lot row of it is a sliver (dust) of a larger order, and in fewer rows.
             mine = mine[np.argsort(-lots.shares[mine], kind="stable")]
+            px = p.price[p.security[j]]
+            a = int(p.account[j])
             for l in mine.tolist():
                 take = min(lots.shares[l], left)
+                if (0 < take * px < dust and take < lots.shares[l] and p.lb[j] <= 0 and slack is not None
+                        and slack[a] >= dust):
+                    # A sliver left for the last lot: sold a sliver less (under dust_usd of cash,
+                    # which the account's slack above its reserve covers).
+                    slack[a] -= take * px
+                    break
                 sold[l] = take
                 left -= take
                 if left <= _EPS:
@@ -655,9 +684,10 @@ def whole_share_orders(market: Market, hh: Household, p0: HouseholdProblem, p: H
             if f < f_best:
                 s_best, f_best, moves, how = s, f, m, "naive"
     desc.set(s_best)
-    orders = _orders_of(q, hh, s_best)
+    orders = _orders_of(q, hh, s_best, (desc.cash - desc.net - desc.reserve) * q.value, settings.dust_usd)
     x_out = orders_to_x(q, hh, lt, orders)
     V = q.value
+    desc.set(_shares_of(q, hh, lt, orders))
     cash_after = (desc.cash - desc.net) * V
     cash = AccountCash(cash_after=cash_after, cash_target=hh.accounts.reserve.astype(float).copy(),
                        cash_band=band, note=desc.notes(q))

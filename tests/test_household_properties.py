@@ -251,6 +251,10 @@ def check_orders_not_worse(hh, res):
         assert res.objective <= res.objective_hold + tol, (res.objective, res.objective_hold)
     if math.isfinite(res.objective_naive_whole):
         assert res.objective <= res.objective_naive_whole + tol, (res.objective, res.objective_naive_whole)
+    # Tax sensitivity 0 goes to target: never further from it than it started, where holding
+    # keeps every rule.
+    if hh.tax_sensitivity == 0 and math.isfinite(res.objective_hold):
+        assert res.te_after <= res.te_before + 1e-9, (res.te_after, res.te_before)
 
 
 CHECKS = (check_no_shorts, check_prices_and_gains, check_cash, check_budget, check_budget_report,
