@@ -70,6 +70,7 @@ _HH_FIELDS = [
     ("rounding_cost", pa.float64(), "objective - objective_continuous, USD."),
     ("objective_hold", pa.float64(), "Objective of no trades, USD; null where holding breaks a hard rule (a forced sale, a reserve short of cash). Value found: objective_hold - objective_continuous; kept by the orders: objective_hold - objective."),
     ("naive_objective", pa.float64(), "Objective of the naive trades, USD."),
+    ("objective_naive_whole", pa.float64(), "Objective of the naive trades made whole by the same share and minimum rules, USD; null where those trades break a rule."),
     ("naive_feasible", pa.bool_(), "The naive trades obey every rule of the problem."),
     ("budget_room", pa.float64(), "Gains the run could realize under the tax budget, USD; null: the household has no budget."),
     ("budget_overrun", pa.float64(), "Realized gain above the budget, USD."),

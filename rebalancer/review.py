@@ -10,6 +10,8 @@ hard rules (any break: the review fails, ``rebalance review`` exits 1)
     - ``worse_than_holding``: households whose ``objective`` exceeds ``objective_hold`` by more
       than 1e-6 of their value (doing nothing would have been better; households whose
       ``objective_hold`` is null, where holding breaks a hard rule, cannot be);
+    - ``worse_than_naive``: the same against ``objective_naive_whole``, the naive rebalance
+      made whole by the same share and minimum rules (null where those trades break a rule);
     - ``dust``: trade rows under $1 (those that are one lot of a larger sale counted apart;
       forced sales, reason ``screen`` or ``restriction``, exempt and counted apart);
     - ``under_minimum``: orders, per (account, security, side) the sum of their rows, worth less
@@ -52,7 +54,7 @@ __all__ = ["ReviewSettings", "ReviewInputs", "REVIEW_FILE", "HARD_RULES", "load_
 
 REVIEW_FILE = "review.json"
 FORMAT = 1
-HARD_RULES = ("complete", "worse_than_holding", "dust", "under_minimum", "cash_above_band")
+HARD_RULES = ("complete", "worse_than_holding", "worse_than_naive", "dust", "under_minimum", "cash_above_band")
 _FORCED = (TradeReason.SCREEN.value, TradeReason.RESTRICTION.value)
 _MAX_EXAMPLES = 5
 
@@ -181,6 +183,19 @@ def _worse_than_holding(h: pa.Table, s: ReviewSettings) -> dict:
                            for i in order])
 
 
+def _worse_than_naive(h: pa.Table, s: ReviewSettings) -> dict:
+    missing = _missing(h, ["objective_naive_whole"])
+    if missing:
+        return _na(missing, "households", True)
+    nv, obj, value = _col(h, "objective_naive_whole"), _col(h, "objective"), _col(h, "value")
+    worse = obj > nv + s.worse_than_holding_rel * value  # null: NaN, never worse
+    ids = _col(h, "household_id", None)
+    order = np.flatnonzero(worse)[np.argsort(-(obj - nv)[worse])][:_MAX_EXAMPLES]
+    return _rule(True, int(worse.sum()), compared=int(np.isfinite(nv).sum()), excess=float(np.sum((obj - nv)[worse])),
+                 examples=[{"household_id": int(ids[i]), "objective": float(obj[i]), "objective_naive_whole": float(nv[i])}
+                           for i in order])
+
+
 def _named(rows: list[dict], symbols: dict) -> list[dict]:
     return [{**r, "symbol": symbols.get(r["security_id"])} for r in rows]
 
@@ -297,6 +312,7 @@ def review(inputs: ReviewInputs, settings: ReviewSettings | None = None) -> dict
     rules = {
         "complete": _rule(True, 0 if inputs.complete else 1),
         "worse_than_holding": _worse_than_holding(h, s),
+        "worse_than_naive": _worse_than_naive(h, s),
         "dust": _dust(t, s, symbols),
         "under_minimum": _under_minimum(t, inputs.book_accounts, inputs.holdings, s, symbols),
         "cash_above_band": _cash_above_band(acc, t, inputs.book_accounts, s),
@@ -369,6 +385,9 @@ def format_review(r: dict) -> str:
     lines.append(f"{mark(w)}  worse than holding: " + (why(w) if w["status"] == "n/a" else
                  f"{w['count']:,} of {w['compared']:,} households ({_usd(w['excess'])} over); "
                  f"{w['holding_breaks_a_rule']:,} where holding breaks a rule"))
+    w = rules["worse_than_naive"]
+    lines.append(f"{mark(w)}  worse than the whole-share naive: " + (why(w) if w["status"] == "n/a" else
+                 f"{w['count']:,} of {w['compared']:,} households ({_usd(w['excess'])} over)"))
     d = rules["dust"]
     lines.append(f"{mark(d)}  dust: {d['count']:,} trades under {_usd(d['threshold'])} ({_usd(d['value'])}"
                  + (f"; {d['in_larger_orders']:,} of them lots of an order of {_usd(d['threshold'])} or more"

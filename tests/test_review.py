@@ -45,12 +45,13 @@ TRADES = [
     _trade(13, 130, 4, "buy", 0.002, 0.99, "deposit"),            # dust and under minimum
 ]
 
-# value, objective, objective_continuous, objective_hold, loss_deferred, loss_destroyed, disallowed_loss
+# value, objective, objective_continuous, objective_hold, loss_deferred, loss_destroyed, disallowed_loss,
+# objective_naive_whole
 HOUSEHOLDS = {
-    10: (10_000.0, 5.0, 0.0, 100.0, -10.0, 0.0, -10.0),       # found 100, kept 0.95
-    11: (20_000.0, 60.0, 45.0, 50.0, 0.0, -7.0, -7.0),        # worse than holding by 10 > 0.02; found 5 <= 10
-    12: (30_000.0, 20.0, 10.0, None, None, 0.0, 0.0),         # holding breaks a rule: not compared
-    13: (1_000.0, 40.0005, 20.0, 40.0, -5.0, None, -5.0),     # 0.0005 over holding <= 0.001: not worse; kept -2.5e-5
+    10: (10_000.0, 5.0, 0.0, 100.0, -10.0, 0.0, -10.0, 10.0),     # found 100, kept 0.95; naive 10: not worse
+    11: (20_000.0, 60.0, 45.0, 50.0, 0.0, -7.0, -7.0, 70.0),      # worse than holding by 10 > 0.02; found 5 <= 10
+    12: (30_000.0, 20.0, 10.0, None, None, 0.0, 0.0, 15.0),       # holding breaks a rule; worse than naive by 5 > 0.03
+    13: (1_000.0, 40.0005, 20.0, 40.0, -5.0, None, -5.0, None),   # 0.0005 over holding <= 0.001; naive breaks a rule
 }
 
 # account: household, cash_target, cash_band, cash_note, the run's cash_after
@@ -69,8 +70,8 @@ def _write_run(book: str, run: str, trades=TRADES, households=HOUSEHOLDS, accoun
     loc.write_parquet("trades/shard-00000.parquet", pa.Table.from_pylist(trades, schema=TRADES_SCHEMA))
     loc.write_parquet("households/shard-00000.parquet", pa.Table.from_pylist([
         dict(household_id=h, status="optimal", value=v, objective=o, objective_continuous=c, objective_hold=hold,
-             loss_deferred=ld, loss_destroyed=lx, disallowed_loss=dl)
-        for h, (v, o, c, hold, ld, lx, dl) in households.items()]))
+             loss_deferred=ld, loss_destroyed=lx, disallowed_loss=dl, objective_naive_whole=nv)
+        for h, (v, o, c, hold, ld, lx, dl, nv) in households.items()]))
     loc.write_parquet("accounts/shard-00000.parquet", pa.Table.from_pylist([
         dict(account_id=a, household_id=h, cash_target=t, cash_band=b, cash_note=n, cash_after=ca)
         for a, (h, t, b, n, ca) in accounts.items()]))
@@ -93,7 +94,8 @@ def test_every_figure_of_a_planted_run(book, tmp_path):
     _write_run(book, run)
     r = review(load_review_inputs(run, book))
     rules = r["rules"]
-    assert r["ok"] is False and r["broken"] == ["worse_than_holding", "dust", "under_minimum", "cash_above_band"]
+    assert r["ok"] is False and r["broken"] == ["worse_than_holding", "worse_than_naive", "dust", "under_minimum",
+                                                 "cash_above_band"]
     assert r["counts"] == {"households": 4, "households_rebalanced": 4, "households_rejected": 0, "accounts": 6,
                            "trades": 9, "buys": 4, "rejected_accounts": 0}
     assert rules["complete"]["status"] == "pass"
@@ -101,6 +103,9 @@ def test_every_figure_of_a_planted_run(book, tmp_path):
     w = rules["worse_than_holding"]
     assert (w["count"], w["compared"], w["holding_breaks_a_rule"]) == (1, 3, 1)
     assert w["excess"] == pytest.approx(10.0) and w["examples"][0]["household_id"] == 11
+    n = rules["worse_than_naive"]
+    assert (n["count"], n["compared"], n["excess"]) == (1, 3, pytest.approx(5.0))
+    assert n["examples"][0]["household_id"] == 12
 
     d = rules["dust"]
     assert (d["count"], d["value"], d["in_larger_orders"]) == (2, pytest.approx(1.49), 0)
@@ -147,10 +152,11 @@ def test_the_command_fails_a_broken_run_and_writes_strict_json(book, tmp_path, c
     text = capsys.readouterr().out
     for line in ("FAIL  worse than holding: 1 of 3 households", "FAIL  dust: 2 trades under $1.00 ($1.49)",
                  "FAIL  under minimum: 4 orders", "FAIL  cash above band: 2 accounts without a note",
-                 "PASS  run complete", "FAIL: worse_than_holding, dust, under_minimum, cash_above_band"):
+                 "FAIL  worse than the whole-share naive: 1 of 3 households",
+                 "PASS  run complete", "FAIL: worse_than_holding, worse_than_naive, dust, under_minimum, cash_above_band"):
         assert line in text, line
     on_disk = jsonout.loads_strict(open(f"{run}/{REVIEW_FILE}").read())
-    assert on_disk["broken"] == ["worse_than_holding", "dust", "under_minimum", "cash_above_band"]
+    assert on_disk["broken"] == ["worse_than_holding", "worse_than_naive", "dust", "under_minimum", "cash_above_band"]
     assert main(["review", "--book", book, "--run", run, "--json"]) == 1
     printed = jsonout.loads_strict(capsys.readouterr().out)
     assert printed["rules"] == on_disk["rules"] and printed["value_kept"] == on_disk["value_kept"]
@@ -159,8 +165,8 @@ def test_the_command_fails_a_broken_run_and_writes_strict_json(book, tmp_path, c
 def test_a_clean_run_passes(book, tmp_path, capsys):
     run = str(tmp_path / "runs" / "clean")
     trades = [TRADES[i] for i in (0, 1, 3, 4, 7)]  # closing, forced and large enough orders only
-    households = {h: (v, min(o, hold) if hold is not None else o, c, hold, ld, lx, dl)
-                  for h, (v, o, c, hold, ld, lx, dl) in HOUSEHOLDS.items()}
+    households = {h: (v, min(o, hold) if hold is not None else o, c, hold, ld, lx, dl, None)
+                  for h, (v, o, c, hold, ld, lx, dl, nv) in HOUSEHOLDS.items()}
     accounts = {a: (h, 20_000.0, 0.0, n, ca) for a, (h, t, b, n, ca) in ACCOUNTS.items()}
     _write_run(book, run, trades, households, accounts)
     assert main(["review", "--book", book, "--run", run]) == 0
@@ -174,7 +180,7 @@ def test_an_incomplete_run_fails_and_missing_columns_are_not_checked(book, tmp_p
     # A run made before the new columns: households/ without objective_hold, accounts/ without the band.
     loc = open_uri(run)
     h = loc.read_parquet("households/shard-00000.parquet")
-    loc.write_parquet("households/shard-00000.parquet", h.drop_columns(["objective_hold", "loss_deferred",
+    loc.write_parquet("households/shard-00000.parquet", h.drop_columns(["objective_hold", "objective_naive_whole", "loss_deferred",
                                                                         "loss_destroyed"]))
     a = loc.read_parquet("accounts/shard-00000.parquet")
     loc.write_parquet("accounts/shard-00000.parquet", a.drop_columns(["cash_target", "cash_band", "cash_note"]))
@@ -184,7 +190,7 @@ def test_an_incomplete_run_fails_and_missing_columns_are_not_checked(book, tmp_p
     assert "N/A   worse than holding: not checked: households/ has no objective_hold" in text
     assert "N/A   cash above band: not checked: accounts/ has no cash_target, cash_band, cash_note" in text
     r = jsonout.loads_strict(open(f"{run}/{REVIEW_FILE}").read())
-    assert r["broken"] == ["complete"] and r["not_checked"] == ["worse_than_holding", "cash_above_band"]
+    assert r["broken"] == ["complete"] and r["not_checked"] == ["worse_than_holding", "worse_than_naive", "cash_above_band"]
     assert r["value_kept"]["status"] == "n/a" and r["wash_sales"]["loss_deferred"] is None
 
 
