@@ -82,13 +82,17 @@ class DiscreteResult:
 def account_minimums(hh: Household, values: np.ndarray, s: OptimizerSettings):
     """(A,) minimum trade, minimum new position and cash band of each account, USD.
 
-    An account's own ``min_trade`` (book) stands where it is > 0; otherwise the firm default
-    ``max(min_trade_usd, min_trade_fraction * account value)``. Never under ``dust_usd``."""
+    An account's own value in the book stands alone where it has one: ``min_trade`` where it
+    is > 0, ``min_position`` and ``cash_band`` where they are not null (NaN here), 0 included.
+    Elsewhere the firm default, ``max(<x>_usd, <x>_fraction * account value)`` of the
+    settings. The minimum trade and position are never under ``dust_usd``."""
     acc = hh.accounts
     firm = np.maximum(s.min_trade_usd, s.min_trade_fraction * values)
     min_trade = np.maximum(np.where(acc.min_trade > 0, acc.min_trade, firm), s.dust_usd)
-    min_pos = np.maximum(np.maximum(s.min_position_usd, s.min_position_fraction * values), s.dust_usd)
-    band = np.maximum(s.cash_band_usd, s.cash_band_fraction * values)
+    firm_pos = np.maximum(s.min_position_usd, s.min_position_fraction * values)
+    min_pos = np.maximum(np.where(np.isnan(acc.min_position), firm_pos, acc.min_position), s.dust_usd)
+    firm_band = np.maximum(s.cash_band_usd, s.cash_band_fraction * values)
+    band = np.where(np.isnan(acc.cash_band), firm_band, acc.cash_band)
     return min_trade, min_pos, band
 
 

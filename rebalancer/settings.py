@@ -51,12 +51,13 @@ class OptimizerSettings:
         the position is exempt.
     min_position_usd, min_position_fraction : a buy that opens a position the account does
         not hold must make it worth at least ``max(min_position_usd, min_position_fraction *
-        account value)``.
+        account value)``, for accounts whose own ``min_position`` is null (an account's own
+        stands, 0 included).
     dust_usd : no trade row is worth less than this (forced sales excepted).
     cash_band_usd, cash_band_fraction : cash is a position with a target, the reserve (the
         models hold no cash); cash above target plus ``max(cash_band_usd, cash_band_fraction *
         account value)`` is invested unless no eligible buy fits (the account's ``cash_note``
-        says why).
+        says why); an account's own ``cash_band``, where not null, stands instead (0 included).
     cash_active_vol : the risk of cash against the invested target, annual volatility: the
         problem adds ``cash_active_vol^2 * (1' a)^2`` to the tracking variance (a cash factor
         with exposure 1 on every security; ``1' a`` is the household's active weight in

@@ -26,8 +26,8 @@ import math
 import numpy as np
 import pytest
 
-from handmarket import (BOND, IBM, IDXA, IDXB, IDXW, JNJ, MSFT, XOM, account, days_ago, hand_covariance,
-                        household, lot, market, trade)
+from handmarket import (BOND, FACTOR_VAR, IBM, IDXA, IDXB, IDXW, JNJ, MSFT, SPECIFIC, XOM, account, days_ago,
+                        hand_covariance, household, lot, market, trade)
 from rebalancer.household import TAXABLE
 from rebalancer.optimize import rebalance_household
 from rebalancer.problem import VarKind, build_problem
@@ -930,3 +930,71 @@ def test_12_position_the_optimum_closes_is_closed(m, fractional):
     assert p.cost[j] == pytest.approx(HALF_SPREAD - 0.04 * T_ST, rel=1e-12)
     r = run(m, hh)
     assert sold(r, hh, lot_id=5, shares=True) == 2.5
+
+
+# --------------------------------------------------------------------------------------------
+# 13. The account's own minimum new position and cash band (accounts.min_position, cash_band)
+# --------------------------------------------------------------------------------------------
+
+def xom_missing_household(m, min_position=None):
+    """V = $20,000 on model 1, every holding at target (IBM, MSFT $600 = 3%, JNJ $18,000 =
+    90%, no gains) except XOM: none held, $800 (4%) short, and the $800 in cash."""
+    return household(m, [account(10, "taxable", 1, cash=800, min_position=min_position)], [
+        lot(1, 10, IBM, 6, 100, days_ago(800)),
+        lot(2, 10, MSFT, 3, 200, days_ago(800)),
+        lot(3, 10, JNJ, 120, 150, days_ago(800)),
+    ])
+
+
+def test_13_account_min_position_stands_alone_either_way(m):
+    """The optimum opens XOM with all but the spread's worth of the cash ($799.38: the $0.62
+    left is where a dollar more saves less tracking than its 5 bp). The account's own
+    min_position replaces the firm's, stricter or laxer, 0 included (unlike min_trade, whose
+    0 means the firm default)."""
+    firm = run(m, xom_missing_household(m))  # firm default $50
+    assert bought(firm, security=XOM) == pytest.approx(800, abs=1.0)
+    # The account's $2,000: no XOM position of $2,000 fits in $800 of cash, so none is opened.
+    strict = run(m, xom_missing_household(m, min_position=2_000.0))
+    assert bought(strict, security=XOM) == 0.0
+    assert strict.objective > firm.objective
+    # A firm minimum of $2,000 blocks XOM the same way; the account's own 0 lifts it.
+    big_firm = OptimizerSettings(min_position_usd=2_000.0)
+    assert bought(run(m, xom_missing_household(m), big_firm), security=XOM) == 0.0
+    lax = run(m, xom_missing_household(m, min_position=0.0), big_firm)
+    assert bought(lax, security=XOM) == pytest.approx(800, abs=1.0)
+
+
+def bond_deposit_household(m, cash_band=None):
+    """A traditional IRA on the Bonds model (BOND 100%): $980,000 of BOND and a $20,000
+    deposit, V = $1M, tax sensitivity 3. Left c of V in cash (BOND active -c), the objective
+    is lambda (var_BOND + cash_active_vol^2) c^2 + 3 * half spread * (0.02 - c) (no tax, no
+    tax drag in an IRA), least at c = 3 * 0.0005 / (2 * 100 * (0.0024 + 0.0025)) = 0.153%:
+    $1,530.61 stays in cash at the convex optimum."""
+    return household(m, [account(10, "traditional", 4, cash=20_000, deposit=20_000, cash_band=cash_band)], [
+        lot(1, 10, BOND, 9_800, 100, days_ago(800)),
+    ], tax_sensitivity=3.0)
+
+
+def test_13_account_cash_band_stands_alone_either_way(m):
+    var_bond = FACTOR_VAR["bond"] + SPECIFIC[BOND]  # 0.002 + 0.0004
+    c = 3 * HALF_SPREAD / (2 * LAM * (var_bond + DEFAULTS.cash_active_vol ** 2))
+    left = c * 1_000_000
+    assert left == pytest.approx(1_530.61, abs=0.01)
+    # The firm's default band, max($100, 1% of $1M) = $10,000, leaves the optimum's cash.
+    firm = run(m, bond_deposit_household(m))
+    assert firm.cash.cash_band[0] == 10_000.0
+    assert firm.cash.cash_after[0] == pytest.approx(left, abs=1.0) and firm.cash.note == (None,)
+    # A firm band of a flat $100 invests all but $100 of it...
+    flat = OptimizerSettings(cash_band_fraction=0.0)
+    r = run(m, bond_deposit_household(m), flat)
+    assert r.cash.cash_after[0] == pytest.approx(100.0, abs=0.01) and r.cash.note == (None,)
+    # ... where the account's own $5,000 band leaves the optimum's $1,530.61 uninvested.
+    hh = bond_deposit_household(m, cash_band=5_000.0)
+    own = run(m, hh, flat)
+    assert own.cash.cash_band[0] == 5_000.0 and own.cash.note == (None,)
+    assert own.cash.cash_after[0] == pytest.approx(left, abs=1.0)
+    assert own.cash.cash_after[0] == pytest.approx(cash_after(hh, own)[0], abs=1e-6)  # = cash - buys
+    assert own.objective < r.objective  # the band costs objective: the account chose not to pay it
+    # The account's own 0 is stricter than the firm's $10,000: cash down to under a share of BOND.
+    zero = run(m, bond_deposit_household(m, cash_band=0.0))
+    assert zero.cash.cash_band[0] == 0.0 and zero.cash.cash_after[0] < m.price[BOND]
