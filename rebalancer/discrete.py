@@ -154,6 +154,15 @@ class _Descent:
         self.row_start = np.searchsorted(self.look.rows, np.arange(n + 1))
         self.cost = p.cost
         self.q = p.impact
+        # The compiled pass takes writable, contiguous arrays of one dtype each: a read-only
+        # or strided array would be another signature, compiled again (seconds each).
+        for name, dt in (("sign", float), ("cost", float), ("q", float), ("gain", float), ("smax", float),
+                         ("smin", float), ("unit", float), ("px", float), ("min_trade", float), ("min_pos", float),
+                         ("diag", float), ("cash", float), ("reserve", float), ("band_top", float),
+                         ("acct", np.int64), ("sec", np.int64), ("gi", np.int64), ("side_key", np.int64),
+                         ("key", np.int64), ("is_buy", bool), ("frac", bool), ("forced", bool), ("loss", bool),
+                         ("new_pos", bool)):
+            setattr(self, name, np.array(getattr(self, name), dtype=dt, order="C", copy=True))
         self.moves = 0
         self.steps, self.max_steps = 0, 1
         self.sweep, self.swept = np.full(A, np.nan), np.zeros(N)
@@ -174,16 +183,16 @@ class _Descent:
 
     def _sums(self) -> None:
         x, s = self.x, self.s
-        self.net = np.bincount(self.acct, weights=self.sign * x, minlength=self.A)  # buys - sells
-        self.bought = np.bincount(self.gi[self.is_buy], weights=x[self.is_buy], minlength=self.G)
+        self.net = np.bincount(self.acct, weights=self.sign * x, minlength=self.A).astype(float)  # buys - sells
+        self.bought = np.bincount(self.gi[self.is_buy], weights=x[self.is_buy], minlength=self.G).astype(float)
         ls = self.loss & (x > 0)
-        self.losssold = np.bincount(self.gi[ls], weights=x[ls], minlength=self.G)
-        self.agg = np.bincount(self.side_key, weights=s * self.px, minlength=self.n_keys)
-        self.nonfull = np.bincount(self.side_key, weights=~self.is_buy & (s < self.smax - _EPS), minlength=self.n_keys)
+        self.losssold = np.bincount(self.gi[ls], weights=x[ls], minlength=self.G).astype(float)
+        self.agg = np.bincount(self.side_key, weights=s * self.px, minlength=self.n_keys).astype(float)
+        self.nonfull = np.bincount(self.side_key, weights=~self.is_buy & (s < self.smax - _EPS), minlength=self.n_keys).astype(float)
         self.forced_key = np.bincount(self.side_key, weights=self.forced, minlength=self.n_keys) > 0
-        self.buy_at = np.bincount(self.key[self.is_buy], weights=x[self.is_buy], minlength=self.A * self.n)
+        self.buy_at = np.bincount(self.key[self.is_buy], weights=x[self.is_buy], minlength=self.A * self.n).astype(float)
         sells = ~self.is_buy
-        self.sell_at = np.bincount(self.key[sells], weights=x[sells], minlength=self.A * self.n)
+        self.sell_at = np.bincount(self.key[sells], weights=x[sells], minlength=self.A * self.n).astype(float)
         self.gsum = float(self.gain @ x)
 
     def _sigma(self, a: np.ndarray) -> np.ndarray:
@@ -200,9 +209,12 @@ class _Descent:
         return col + np.bincount(self.look.rows, weights=self.look.vals * t[self.look.cols], minlength=self.n)
 
     def objective(self) -> float:
+        """f at the current shares (units of V): ``lam a' Sigma a`` from the kept ``Sigma a``."""
+        return self._f(self.a, self.Sa, self.x)
+
+    def _f(self, a: np.ndarray, Sa: np.ndarray, x: np.ndarray) -> float:
         p = self.p
-        var = float(np.sum((self.XC.T @ self.a) ** 2) + np.sum(self.d * self.look.t_dot(self.a) ** 2))
-        return p.risk_aversion * var + float(p.cost @ self.x + np.sum(p.impact * self.x * self.x)) + p.constant
+        return self.lam * float(a @ Sa) + float(p.cost @ x + np.sum(p.impact * x * x)) + p.constant
 
     def apply(self, j: int, s_new: float) -> None:
         d = (s_new - self.s[j]) * self.unit[j]
@@ -334,6 +346,7 @@ class _Descent:
 
     def _best(self):
         bud = self.budget if math.isfinite(self.budget) else np.inf
+        # (bincount with weights gives float64; forced_key a fresh bool array each step.)
         return _best_moves(self.s, self.smax, self.smin, self.unit, self.px, self.sign, self.is_buy, self.frac,
                            self.forced, self.acct, self.sec, self.gi, self.side_key, self.key, self.loss, self.new_pos,
                            self.min_trade, self.min_pos, float(self.dust), self.cash, self.net, self.reserve,
@@ -369,14 +382,16 @@ class _Descent:
             if fine and math.isfinite(self.budget):
                 fine &= self.gsum + float(self.gain[j] @ dxj) <= max(self.gsum, self.budget) + 1e-12
             if fine:
-                s_old = self.s.copy()
-                s_new = self.s.copy()
-                s_new[j] = new[:m]
-                self.set(s_new)
-                if self.objective() < f0 - self.tol:
+                # The trial's f from its active weights alone; the state moves only if it gains.
+                x_new = self.x.copy()
+                x_new[j] = new[:m] * self.unit[j]
+                a_new = self.a + np.bincount(self.sec[j], weights=self.sign[j] * dxj, minlength=self.n)
+                if self._f(a_new, self._sigma(a_new), x_new) < f0 - self.tol:
+                    s_new = self.s.copy()
+                    s_new[j] = new[:m]
+                    self.set(s_new)
                     self.moves += m
                     return True
-                self.set(s_old)
             m //= 2
         return False
 
