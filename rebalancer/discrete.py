@@ -51,7 +51,6 @@ _EPS = 1e-9
 _TOL = 1e-12  # units of V: a move must lower f by more than this (solver noise is far above)
 
 # Notes an account's row carries when its cash stays above the band.
-NOTE_STEPS = "the descent stopped at its step cap (OptimizerSettings.descent_max_steps)"
 NOTE_BLOCKED = ("the target's share of securities the account may not buy (screens, never-buy, wash sales) stays "
                 "in cash")
 NOTE_NO_FIT = ("no whole share fits: each eligible buy's share of the excess is under a share, the minimum trade or "
@@ -327,6 +326,7 @@ class _Descent:
         self.steps, self.max_steps = 0, max_steps
         self.sweep = np.full(self.A, np.nan)  # per account: the excess a cash sweep invests
         self.swept = np.zeros(self.N)  # per buy: what the sweep has bought
+        self.sweep_cash()
         while self.steps < max_steps:
             self.steps += 1
             c_rate, rate, c_df, df = self._best()
@@ -343,6 +343,58 @@ class _Descent:
             if pairs and self._pair_step(c, dfs, self.valid(c), pairs):
                 continue
             break
+        self.sweep_cash()
+
+    def sweep_cash(self) -> None:
+        """Invest the cash of every account over its band, as a desk's cash sweep does: each
+        security of the account's model buys its target weight's share of the excess in whole
+        shares at once (where that buy keeps every rule), then single shares by the least cost
+        per dollar (:meth:`_cash_step`) while a share still fits. Not capped by the descent's
+        steps: cash above the band is a hard rule."""
+        ex = self.excess()
+        over = ex > 1e-9
+        if not over.any():
+            return
+        new = over & ~np.isfinite(self.sweep)
+        self.sweep[new] = ex[new]
+        j = np.flatnonzero(self.is_buy & over[self.acct] & (self.sweep_w > 0))
+        if len(j):
+            k = self.sweep_w[j] * ex[self.acct[j]] / self.unit[j]
+            k = np.where(self.frac[j], np.floor(k * 1e6) / 1e6, np.floor(k))
+            c = self.s.copy()
+            c[j] = self.s[j] + k
+            ok = self.valid(c[None, :])[0]
+            take = j[ok[j] & (k > 0)]
+            if len(take):
+                s_new = self.s.copy()
+                s_new[take] = c[take]
+                self.swept[take] += (c[take] - self.s[take]) * self.unit[take]
+                self.set(s_new)
+                self.moves += len(take)
+        # What rounding down left: one more share of a security each, cheapest f per dollar
+        # first, while it fits in the excess and in the security's share of the sweep.
+        ex = self.excess()
+        if not np.any(ex > 1e-9):
+            return
+        c = self.candidates()
+        up = c[0]
+        use = (up - self.s) * self.unit
+        room = self.sweep_w * self.sweep[self.acct] + self.unit - self.swept
+        ok = self.valid(up[None, :])[0] & self.is_buy & (ex[self.acct] > 1e-9) & (use > 0) & (use <= room + 1e-15)
+        j = np.flatnonzero(ok)
+        if not len(j):
+            return
+        df = self.deltas(up[None, :])[0]
+        j = j[np.argsort(df[j] / use[j], kind="stable")]
+        left = ex.copy()
+        s_new = self.s.copy()
+        for v in j.tolist():
+            a = self.acct[v]
+            if use[v] <= left[a] + 1e-15:
+                s_new[v] = up[v]
+                self.swept[v] += use[v]
+                left[a] -= use[v]
+        self.set(s_new)
 
     def _best(self):
         bud = self.budget if math.isfinite(self.budget) else np.inf
@@ -505,8 +557,6 @@ class _Descent:
             i = np.searchsorted(p.securities, pos)
             blocked = np.any((np.asarray(w) > 0) & ~has_open[a * self.n + i])
             out.append(NOTE_BLOCKED if blocked else NOTE_NO_FIT)
-        if self.steps >= self.max_steps:
-            out = [None if n is None else NOTE_STEPS for n in out]
         return tuple(out)
 
 
