@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -46,6 +45,7 @@ from typing import TextIO
 
 import numpy as np
 
+from rebalancer import jsonout
 from rebalancer.book import Book, BookInfo
 from rebalancer.errors import BookDataError, BookLayoutError, RunError
 from rebalancer.fastsolve import solve_batch
@@ -451,7 +451,7 @@ def run_capacity(req: CapacityRequest, stream: TextIO | None = sys.stderr) -> di
         },
         "sample": sample,
     }
-    report = _finite(report)
+    report = jsonout.strict(report)  # JSON has no NaN or infinity: null
     layout.loc.write_json(REPORT_FILE, report)
     report["files"] = {"run": f"{outcome.uri}/{REPORT_FILE}"}
     if req.docs and outcome.complete:
@@ -465,19 +465,6 @@ def _warm_up(sm: Sample, tolerance: float) -> None:
     if p is not None:
         solve_batch([p], tolerance)
         solve_reference(p, tolerance)
-
-
-def _finite(x):
-    """JSON has no NaN or infinity: null; numpy scalars as Python numbers."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 # Docs ----------------------------------------------------------------------------------------
@@ -501,7 +488,7 @@ def write_docs(report: dict, docs: str) -> dict[str, str]:
     path = os.path.join(folder, f"capacity-{report['accounts']}.json")
     body = {k: v for k, v in report.items() if k != "files"}
     with open(path + ".tmp", "w") as f:
-        json.dump(body, f, indent=2)
+        jsonout.dump(body, f, indent=2)
         f.write("\n")
     os.replace(path + ".tmp", path)
     md = os.path.join(docs, "capacity.md")

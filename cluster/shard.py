@@ -1,4 +1,6 @@
 """One shard's work, start to finish, in one process: what a Ray task runs (no ray here).
+:func:`run_household` does the same for one household, writing nothing (``rebalance
+household``): the run's answer for it.
 
 :func:`run_shard` reads the shard's households from the book, splits them into checked
 households and rejected accounts, rebalances each household, writes the shard's four output
@@ -28,14 +30,14 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from rebalancer.book import Book, table_path
+from rebalancer.book import Book, book_fingerprint, table_path
 from rebalancer.errors import (BookDataError, BookLayoutError, OptimizationError, StorageError,
                                StorageUnavailableError)
 from rebalancer.household import Household, Rejection, select_households, split_households
 from rebalancer.market import Market
 from rebalancer.optimize import HouseholdResult, rebalance_households
 from rebalancer.outputs import accounts_table, households_table, rejected_table, trades_table
-from rebalancer.schema import HOUSEHOLD_TABLES, REFERENCE_TABLES, TABLES, conform
+from rebalancer.schema import HOUSEHOLD_TABLES, REFERENCE_TABLES, TABLES, bucket_of, conform
 from rebalancer.settings import OptimizerSettings
 from rebalancer.solvers import DEFAULT_SOLVER, SOLVERS
 from rebalancer.storage import S3Options, open_uri, parquet_bytes, retry_count
@@ -44,7 +46,8 @@ from rebalancer.totals import shard_totals
 from .layout import RunLayout
 from .plan import Piece, Shard, part_mask
 
-__all__ = ["SOLVERS", "ShardJob", "ShardInputError", "run_shard", "settings_to_json"]
+__all__ = ["SOLVERS", "ShardJob", "ShardInputError", "run_shard", "HouseholdRun", "run_household", "settings_to_json",
+           "settings_from_json"]
 
 # Key columns a shard needs to file rows under households; a null in one makes the file unusable.
 _KEYS = {"households": ("household_id",), "accounts": ("account_id", "household_id"),
@@ -157,20 +160,11 @@ def run_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> d
     timings["split"] = time.perf_counter() - t
 
     # Every household of the shard at once: their solves go to the solver in batches.
-    pairs: list[tuple[Household, HouseholdResult]] = []
     results = rebalance_households(market, households, job.settings, solve, job.date, on_done=progress)
-    for hh, r in zip(households, results, strict=True):
-        if isinstance(r, BookDataError):  # data only the problem's build can check (e.g. a target without a price)
-            prefix = "" if hh.n_accounts == 1 else "household rejected whole: "
-            rejections.extend(Rejection.of(a, hh.household_id, r, prefix) for a in hh.accounts.account_id)
-        elif isinstance(r, OptimizationError):
-            rejections.extend(_reject(hh, "optimization", str(r)))
-        elif isinstance(r, Exception):  # one household's failure must not sink the shard
-            rejections.extend(_reject(hh, "error", f"unexpected {type(r).__name__}: {r}"))
-        else:
-            pairs.append((hh, r))
-            for k in ("build", "solve", "postprocess"):
-                timings[k] += r.timings.get(k, 0.0)
+    pairs = _file_results(households, results, rejections)
+    for _, r in pairs:
+        for k in ("build", "solve", "postprocess"):
+            timings[k] += r.timings.get(k, 0.0)
     if progress is not None and not households:
         progress(0)
 
@@ -185,9 +179,7 @@ def run_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> d
         f"in two outputs {sorted(doubled)[:10]}")
 
     t = time.perf_counter()
-    rejections.sort(key=lambda j: (j.household_id, j.account_id))
-    outputs = {"trades": trades_table(pairs, market), "households": households_table(pairs, rejections),
-               "accounts": accounts_table(pairs), "rejected": rejected_table(rejections)}
+    outputs = _outputs(market, pairs, rejections)
     hh_ids = outputs["households"]["household_id"].to_numpy()
     assert len(np.unique(hh_ids)) == len(hh_ids), f"{shard.label()}: a household in two rows of households/"
     layout = RunLayout(open_uri(job.out_uri, job.s3), job.run_id)
@@ -218,6 +210,88 @@ def run_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> d
     }
     layout.loc.write_json(layout.record(shard), record)
     return record
+
+
+def _file_results(households: list[Household], results: list, rejections: list[Rejection]
+                  ) -> list[tuple[Household, HouseholdResult]]:
+    """The (household, result) pairs of the households rebalanced; every other household's
+    accounts are added to ``rejections`` with the stage and reason of its error."""
+    pairs: list[tuple[Household, HouseholdResult]] = []
+    for hh, r in zip(households, results, strict=True):
+        if isinstance(r, BookDataError):  # data only the problem's build can check (e.g. a target without a price)
+            prefix = "" if hh.n_accounts == 1 else "household rejected whole: "
+            rejections.extend(Rejection.of(a, hh.household_id, r, prefix) for a in hh.accounts.account_id)
+        elif isinstance(r, OptimizationError):
+            rejections.extend(_reject(hh, "optimization", str(r)))
+        elif isinstance(r, Exception):  # one household's failure must not sink the shard
+            rejections.extend(_reject(hh, "error", f"unexpected {type(r).__name__}: {r}"))
+        else:
+            pairs.append((hh, r))
+    return pairs
+
+
+def _outputs(market: Market, pairs: list[tuple[Household, HouseholdResult]],
+             rejections: list[Rejection]) -> dict[str, pa.Table]:
+    """The four output tables of ``pairs`` and ``rejections`` (sorted in place)."""
+    rejections.sort(key=lambda j: (j.household_id, j.account_id))
+    return {"trades": trades_table(pairs, market), "households": households_table(pairs, rejections),
+            "accounts": accounts_table(pairs), "rejected": rejected_table(rejections)}
+
+
+@dataclass(frozen=True, eq=False)
+class HouseholdRun:
+    """One household rebalanced as a run's shard rebalances it (:func:`run_household`).
+
+    ``household`` is None when the household is not in the book or was rejected before its
+    problem was built; ``result`` is None when it was rejected at any stage (``rejections``
+    say why). ``outputs``: the household's rows of the run's four tables (trades,
+    households, accounts, rejected), made by the code that makes a shard's."""
+    household_id: int
+    bucket: int
+    solver: str
+    settings: OptimizerSettings
+    date: dt.date
+    market: Market
+    household: Household | None
+    result: HouseholdResult | None
+    rejections: tuple[Rejection, ...]
+    outputs: dict[str, pa.Table]
+
+
+def run_household(book_uri: str, household_id: int, *, solver: str = DEFAULT_SOLVER,
+                  settings: OptimizerSettings | None = None, date: dt.date | None = None,
+                  s3: S3Options | None = None) -> HouseholdRun:
+    """Rebalance one household of a book the way :func:`run_shard` does: the same read of its
+    bucket (conformed to the contract), the same split, the same batch solver (``solver``,
+    by name, :data:`SOLVERS`), settings and date (default: the book's as-of date), and its
+    rows of the output tables made by the same functions. Its trades are a run's trades for
+    the household, row for row, bit for bit: a household's solves never see another's (the
+    fast solver iterates each household on its own; the warm start of a re-solve is the
+    household's own previous iterate, as in a shard)."""
+    try:
+        solve = SOLVERS[solver]
+    except KeyError:
+        raise ValueError(f"unknown solver {solver!r}; choose from {sorted(SOLVERS)}") from None
+    settings = settings or OptimizerSettings()
+    book = Book.open(book_uri, s3)
+    market = _market(book, book_fingerprint(book))
+    date = date or book.as_of
+    piece = Piece(int(bucket_of(household_id, book.info.n_buckets)))
+    shard = Shard(0, (piece,), 1, 0, 0)  # names the bucket in a read error
+    tables = select_households(_read_piece(book, shard, piece, book.info.n_buckets),
+                               lambda ids: ids == household_id)
+    households, rejections = split_households(market, tables)
+    results = rebalance_households(market, households, settings, solve, date)
+    pairs = _file_results(households, results, rejections)
+    outputs = _outputs(market, pairs, rejections)
+    return HouseholdRun(household_id=household_id, bucket=piece.bucket, solver=solver, settings=settings, date=date,
+                        market=market, household=households[0] if households else None,
+                        result=pairs[0][1] if pairs else None, rejections=tuple(rejections), outputs=outputs)
+
+
+def settings_from_json(d: dict) -> OptimizerSettings:
+    """The settings :func:`settings_to_json` wrote (a run's ``run.json``)."""
+    return OptimizerSettings(**d)
 
 
 def _reject(hh: Household, stage: str, reason: str) -> list[Rejection]:

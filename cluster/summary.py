@@ -1,9 +1,8 @@
 """The run's ``summary.json``, its ``manifest.json``, and the one-screen summary a desk reads."""
 from __future__ import annotations
 
-import math
-
 from rebalancer.book import BookInfo
+from rebalancer.jsonout import strict
 from rebalancer.totals import headline, merge_totals
 
 from .plan import Plan, Piece
@@ -11,17 +10,6 @@ from .plan import Plan, Piece
 __all__ = ["build_summary", "build_manifest", "format_summary", "TASK_STAGES"]
 
 TASK_STAGES = ("read", "split", "build", "solve", "postprocess", "write")
-
-
-def _clean(x):
-    """JSON has no NaN or infinity: write null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_clean(v) for v in x]
-    return x
 
 
 def _labels(pieces: tuple[Piece, ...]) -> str:
@@ -94,7 +82,7 @@ def build_summary(run: dict, plan: Plan, info: BookInfo, records: dict[int, dict
             "households_per_second": hh_now / fan_out if fan_out > 0 else None,
         },
     }
-    return _clean(summary)
+    return strict(summary)  # JSON has no NaN or infinity: null
 
 
 def build_manifest(run: dict, plan: Plan, info: BookInfo, records: dict[int, dict]) -> dict:

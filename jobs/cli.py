@@ -1,12 +1,15 @@
 """The ``rebalance`` command.
 
 Subcommands: ``generate`` (a synthetic book), ``validate`` (a book against the data contract),
-``household`` (rebalance one household and print its trades), ``run`` (rebalance the whole
-book on Ray), ``capacity`` (generate or reuse a book, run it, and report speed, memory and
-both solvers side by side), ``report`` (the run report, HTML and JSON), ``scenario`` (a
-crisis day: reprice the book by a shock and run it; a month of daily harvesting), ``schema`` (print the contract). Exit status: 0 success, 1 the book has errors,
-2 bad usage or an unreadable input, 3 a run finished incomplete (shards failed; re-run with
-the same ``--run-id`` to finish it).
+``household`` (rebalance one household as a run does and print its trades), ``run``
+(rebalance the whole book on Ray), ``capacity`` (generate or reuse a book, run it, and report
+speed, memory and both solvers side by side), ``report`` (the run report, HTML and JSON),
+``review`` (check a run's orders against the rules a desk sends them by), ``scenario`` (a
+crisis day: reprice the book by a shock and run it; a month of daily harvesting), ``schema``
+(print the contract). Exit status: 0 success, 1 the book has errors (``validate``), the
+household is rejected (``household``) or a hard rule is broken (``review``), 2 bad usage or an
+unreadable input, 3 a run finished incomplete (shards failed; re-run with the same
+``--run-id`` to finish it).
 """
 from __future__ import annotations
 
@@ -21,11 +24,11 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import datetime as dt  # noqa: E402
-import json  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
+from rebalancer import jsonout  # noqa: E402
 from rebalancer.errors import RebalancerError  # noqa: E402
 from rebalancer.storage import S3Options  # noqa: E402
 
@@ -89,7 +92,7 @@ def cmd_generate(args) -> int:
         "peak_rss_mb_driver": round(own, 1), "peak_rss_mb_worker": round(child, 1),
     }
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(jsonout.dumps(summary, indent=2))
     else:
         print(f"book {args.out} as of {summary['as_of']}: {summary['households']:,} households, "
               f"{summary['accounts']:,} accounts, {summary['lots']:,} lots, {summary['positions']:,} positions, "
@@ -104,56 +107,65 @@ def cmd_validate(args) -> int:
 
     report = validate_book(args.book, s3=_s3(args), max_per_rule=args.max_per_rule)
     if args.json:
-        print(json.dumps({"ok": report.ok, "rows_checked": report.rows_checked, "omitted": report.omitted,
+        print(jsonout.dumps({"ok": report.ok, "rows_checked": report.rows_checked, "omitted": report.omitted,
                           "problems": [p.__dict__ for p in report.problems]}, indent=2, default=str))
     else:
         print(report.format())
     return 0 if report.ok else 1
 
 
-def cmd_household(args) -> int:
-    from rebalancer.book import Book
-    from rebalancer.household import split_households
-    from rebalancer.market import Market
-    from rebalancer.optimize import rebalance_household
-    from rebalancer.schema import HOUSEHOLD_TABLES, REFERENCE_TABLES, bucket_of
+def _household_inputs(args) -> tuple[str, str, dt.date | None, dict | None]:
+    """Book, solver, date and settings (as run.json holds them) of ``rebalance household``: a
+    run's where ``--run`` names one, the job's defaults otherwise; explicit flags win."""
+    from rebalancer.solvers import DEFAULT_SOLVER
 
-    book = Book.open(args.book, _s3(args))
-    market = Market.from_tables({t.name: book.read(t.name) for t in REFERENCE_TABLES}, book.as_of)
-    bucket = int(bucket_of(args.household, book.info.n_buckets))
-    tables = {t.name: book.read(t.name, bucket) for t in HOUSEHOLD_TABLES}
-    hhs, rejected = split_households(market, tables)
-    mine = [r for r in rejected if r.household_id == args.household]
-    if mine:
-        for r in mine:
-            print(f"account {r.account_id}: rejected: {r.reason}")
+    if not args.run:
+        if not args.book:
+            raise ValueError("give --book, or --run to take the book, solver, date and settings of a run")
+        return args.book, args.solver or DEFAULT_SOLVER, args.date, None
+    from cluster.history import split_run_uri
+    from cluster.layout import RunLayout
+    from rebalancer.book import Book, book_fingerprint
+    from rebalancer.storage import open_uri
+
+    out, run_id = split_run_uri(args.run)
+    run = RunLayout(open_uri(out, _s3(args)), run_id).read_run()
+    if run is None:
+        raise ValueError(f"{args.run}: no run.json: not a run")
+    book = args.book or run["book"]
+    if args.book and book_fingerprint(Book.open(book, _s3(args))) != run["book_fingerprint"]:
+        raise ValueError(f"run {run_id} was made from another book than {book} (book.json differs)")
+    return book, args.solver or run["solver"], args.date or dt.date.fromisoformat(run["date"]), run["settings"]
+
+
+def cmd_household(args) -> int:
+    from cluster.shard import run_household, settings_from_json
+    from rebalancer.outputs import HOUSEHOLDS_SCHEMA
+
+    book, solver, date, settings = _household_inputs(args)
+    hr = run_household(book, args.household, solver=solver, date=date, s3=_s3(args),
+                       settings=None if settings is None else settings_from_json(settings))
+    if hr.rejections:
+        for j in hr.rejections:
+            print(f"account {j.account_id}: rejected ({j.stage}): {j.reason}")
         return 1
-    hh = next((h for h in hhs if h.household_id == args.household), None)
-    if hh is None:
-        print(f"household {args.household} is not in the book (bucket {bucket})", file=sys.stderr)
+    if hr.result is None:
+        print(f"household {args.household} is not in the book (bucket {hr.bucket})", file=sys.stderr)
         return 2
-    r = rebalance_household(market, hh, date=args.date)
-    t = r.trades
-    acc = hh.accounts
-    kinds = ("taxable", "traditional", "roth")
-    rows = [dict(account_id=int(acc.account_id[t.account[i]]), account_type=kinds[acc.account_type[t.account[i]]],
-                 symbol=str(market.symbol[t.security[i]]), side="buy" if t.is_buy[i] else "sell",
-                 lot_id=int(hh.lots.lot_id[t.lot[i]]) if t.lot[i] >= 0 else None, shares=float(t.shares[i]),
-                 price=float(t.price[i]), value=round(float(t.value[i]), 2),
-                 realized_gain=round(float(t.realized_gain[i]), 2),
-                 term=None if t.is_buy[i] else ("LT" if t.long_term[i] else "ST"), reason=str(t.reason[i]))
-            for i in range(len(t))]
-    fields = ["status", "value", "te_before", "te_after", "te_naive", "objective", "objective_continuous",
-              "rounding_cost", "naive_objective", "realized_st_gain", "realized_st_loss", "realized_lt_gain",
-              "realized_lt_loss", "disallowed_loss", "tax", "naive_tax", "taxes_saved", "harvest_value",
-              "deferral_value", "wait_value", "budget_room", "budget_overrun", "bought", "sold", "fee", "solves",
-              "iterations", "primal_residual", "dual_residual"]
-    summary = {f: getattr(r, f) for f in fields}
-    summary["timings"] = r.timings
+    hh, r, mkt = hr.household, hr.result, hr.market
+    # The run's rows for this household, with the symbol and the account type beside the ids.
+    sym = dict(zip(mkt.security_id.tolist(), mkt.symbol.tolist()))
+    kinds = dict(zip(hr.outputs["accounts"]["account_id"].to_pylist(), hr.outputs["accounts"]["account_type"].to_pylist()))
+    rows = [{**x, "symbol": str(sym[x["security_id"]]), "account_type": kinds[x["account_id"]]}
+            for x in hr.outputs["trades"].to_pylist()]
+    figures = {k: v for k, v in hr.outputs["households"].to_pylist()[0].items() if k in HOUSEHOLDS_SCHEMA.names}
     if args.json:
-        print(json.dumps({"household_id": hh.household_id, **summary, "trades": rows}, indent=2, default=str))
+        print(jsonout.dumps({"household_id": hh.household_id, "book": book, "run": args.run, "date": hr.date.isoformat(),
+                             "solver": solver, **figures, "timings": r.timings, "trades": rows},
+                            indent=2, default=str))
         return 0
-    print(f"household {hh.household_id}: {hh.n_accounts} accounts, {len(hh.lots)} lots, ${r.value:,.2f}; {r.status}")
+    print(f"household {hh.household_id}: {hh.n_accounts} accounts, {len(hh.lots)} lots, ${r.value:,.2f}; {r.status}; "
+          f"solver {solver} -> {r.solver}, date {hr.date}" + (f", settings of run {args.run}" if args.run else ""))
     print(f"  tracking error {r.te_before:.2%} -> {r.te_after:.2%} (naive rebalance: {r.te_naive:.2%})")
     print(f"  realized: ST {r.realized_st_gain + r.realized_st_loss:,.2f}, LT {r.realized_lt_gain + r.realized_lt_loss:,.2f}; "
           f"tax {r.tax:,.2f} vs naive {r.naive_tax:,.2f}: saved or deferred {r.taxes_saved:,.2f} "
@@ -162,8 +174,9 @@ def cmd_household(args) -> int:
           f"(rounding cost {r.rounding_cost:,.2f}); {r.solves} solve(s), {sum(r.timings.values()) * 1e3:.0f} ms")
     print(f"  {'account':>10} {'type':11} {'symbol':8} {'side':4} {'lot':>14} {'shares':>12} {'value':>12} {'gain':>11} term reason")
     for x in rows:
+        gain = "" if x["realized_gain"] is None else f"{x['realized_gain']:,.2f}"
         print(f"  {x['account_id']:>10} {x['account_type']:11} {x['symbol']:8} {x['side']:4} {x['lot_id'] or '':>14} "
-              f"{x['shares']:12.4f} {x['value']:12,.2f} {x['realized_gain']:11,.2f} {x['term'] or '':4} {x['reason']}")
+              f"{x['shares']:12.4f} {x['value']:12,.2f} {gain:>11} {x['term'] or '':4} {x['reason']}")
     return 0
 
 
@@ -205,7 +218,7 @@ def cmd_run(args) -> int:
                      num_cpus=args.num_cpus, s3=_s3(args))
     with _json_only_on_stdout(args.json):
         outcome = run_book(req, stream=None if args.quiet else sys.stderr)
-    print(json.dumps(outcome.summary, indent=2, sort_keys=True) if args.json else outcome.text)
+    print(jsonout.dumps(outcome.summary, indent=2, sort_keys=True) if args.json else outcome.text)
     return 0 if outcome.complete else 3
 
 
@@ -253,7 +266,7 @@ def cmd_capacity(args) -> int:
                           sample_seed=args.sample_seed, docs=None if args.no_docs else args.docs)
     with _json_only_on_stdout(args.json):
         report = run_capacity(req, stream=None if args.quiet else sys.stderr)
-    print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_report(report))
+    print(jsonout.dumps(report, indent=2, sort_keys=True) if args.json else format_report(report))
     return 0 if report["run"]["complete"] else 3
 
 
@@ -273,6 +286,24 @@ def cmd_report(args) -> int:
           f"{pct(h['exceeding_period_by_value'])} by value")
     print(f"  HTML: {html_uri}\n  JSON: {json_uri}")
     return 0
+
+
+def cmd_review(args) -> int:
+    from cluster.history import split_run_uri
+    from cluster.layout import RunLayout
+    from rebalancer.book import Book, book_fingerprint
+    from rebalancer.review import format_review, review_run
+    from rebalancer.storage import open_uri
+
+    out, run_id = split_run_uri(args.run)
+    run = RunLayout(open_uri(out, _s3(args)), run_id).read_run()
+    if run is None:
+        raise ValueError(f"{args.run}: no run.json: not a run")
+    if book_fingerprint(Book.open(args.book, _s3(args))) != run["book_fingerprint"]:
+        raise ValueError(f"run {run_id} was made from another book than {args.book} (book.json differs)")
+    rep = review_run(args.run, args.book, s3=_s3(args))
+    print(jsonout.dumps(rep, indent=2, sort_keys=True) if args.json else format_review(rep))
+    return 0 if rep["ok"] else 1
 
 
 def cmd_schema(args) -> int:
@@ -305,10 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
     _s3_args(v)
     v.set_defaults(func=cmd_validate)
 
-    h = sub.add_parser("household", help="rebalance one household of a book and print its trades (no outputs written)")
-    h.add_argument("--book", required=True, help="book URI")
+    h = sub.add_parser("household", help="rebalance one household of a book as a run does and print its trades "
+                                          "(no outputs written; exit 1 if it is rejected)")
+    h.add_argument("--book", default=None, help="book URI (default: the book of --run)")
     h.add_argument("--household", type=int, required=True, help="household id")
-    h.add_argument("--date", type=dt.date.fromisoformat, default=None, help="run date (default: the book's as-of date)")
+    h.add_argument("--run", default=None,
+                   help="a run's URI, <out>/<run_id>: take its book, solver, date and settings (flags given win)")
+    h.add_argument("--solver", default=None, choices=["fast", "reference"],
+                   help="household solver (default: the run's with --run, else the job's default, fast with the "
+                        "reference as fallback, as `rebalance run`)")
+    h.add_argument("--date", type=dt.date.fromisoformat, default=None,
+                   help="run date (default: the run's with --run, else the book's as-of date)")
     h.add_argument("--json", action="store_true", help="print the result as JSON")
     _s3_args(h)
     h.set_defaults(func=cmd_household)
@@ -332,6 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json-out", default=None, help="where to write the JSON figures (default: <run>/report.json)")
     _s3_args(rp)
     rp.set_defaults(func=cmd_report)
+
+    rv = sub.add_parser("review", help="review a run's orders before sending them: value kept after rounding, "
+                                       "worse than holding, dust, under minimums, cash above band, wash-sale "
+                                       "losses; writes review.json into the run (exit 1 if a hard rule is broken)")
+    rv.add_argument("--book", required=True, help="the book the run was made from (URI)")
+    rv.add_argument("--run", required=True, help="the run's URI, <out>/<run_id> (path, file:// or s3://)")
+    rv.add_argument("--json", action="store_true", help="print review.json instead of the one-screen review")
+    _s3_args(rv)
+    rv.set_defaults(func=cmd_review)
 
     s = sub.add_parser("schema", help="print the data contract as Markdown")
     s.add_argument("--markdown", action="store_true", help="(the only format)")

@@ -23,8 +23,8 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 
+from rebalancer import jsonout  # noqa: E402
 from rebalancer.errors import RebalancerError  # noqa: E402
 
 # jobs.cli's S3 helpers are imported where used: jobs/cli.py imports this module to add the
@@ -92,7 +92,7 @@ def cmd_crisis(args) -> int:
                         address=args.address, num_cpus=args.num_cpus, solver=args.solver, shard_work=args.shard_work,
                         max_in_flight=args.max_in_flight, s3=_s3(args))
     outcome = run_crisis(req, stream=None if args.quiet else sys.stderr)
-    print(json.dumps(outcome.report, indent=2, sort_keys=True) if args.json else outcome.text)
+    print(jsonout.dumps(outcome.report, indent=2, sort_keys=True) if args.json else outcome.text)
     return 0 if outcome.complete else 3
 
 
@@ -115,7 +115,7 @@ def cmd_month(args) -> int:
                        benchmark=args.benchmark, out=args.out, study_id=study_id, s3=_s3(args))
     log = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     report = run_month(req, log=log)
-    print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_month(report))
+    print(jsonout.dumps(report, indent=2, sort_keys=True) if args.json else format_month(report))
     return 0
 
 

@@ -13,11 +13,11 @@ Nothing here starts Ray.
 from __future__ import annotations
 
 import argparse
-import json
 
 from cluster.plan import DEFAULT_SHARD_WORK
 from cluster.sizing import (GIB, Estimate, Overheads, Sizing, Throughput, estimate, head_pod_memory,
                             worker_pod_memory, workers_for)
+from rebalancer import jsonout
 
 __all__ = ["add_parser", "DEFAULT_CAPACITY"]
 
@@ -152,7 +152,7 @@ def cmd_size(args) -> int:
     estimates = [estimate(tp, n, w, c, ov, args.shard_work)
                  for n in args.accounts for w in (args.workers or []) for c in args.cpus_per_worker]
     if args.json:
-        print(json.dumps({
+        print(jsonout.dumps({
             "capacity": {"source": tp.source, "created": tp.created, "solver": tp.solver, "cpus": tp.cpus,
                          "accounts": tp.accounts, "task_seconds_per_household": tp.task_seconds_per_household,
                          "households_per_account": tp.households_per_account, "efficiency": tp.efficiency,

@@ -74,6 +74,7 @@ def account_figures(p: HouseholdProblem, hh: Household, x_after: np.ndarray, x_n
     s = np.stack([p.look.rows_dot(a) for a in active])
     var = np.sum(f * f, axis=2) + np.sum(s * s * p.specific_var, axis=2)
     cash_active = -active.sum(axis=2)  # cash after minus cash targeted (the reserve)
+    var = var - p.cash_vol ** 2 * cash_active ** 2  # the risk model's tracking error, not the objective's cash term
     (tb, ta, tn) = np.sqrt(np.maximum(var, 0.0))
     (ab, aa, an) = 0.5 * (np.abs(active).sum(axis=2) + np.abs(cash_active))
     return AccountFigures(value=value, te_before=tb, te_after=ta, te_naive=tn,

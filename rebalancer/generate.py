@@ -15,7 +15,8 @@ What a bucket holds, by construction:
   since (partial rebalancing), so weights drift from target but not without bound;
 - ~2% of taxable accounts in a multi-year transition from a legacy stock portfolio with old,
   low-basis lots; ~10% with screens, ~5% with never-buy / never-sell restrictions, ~10% with a
-  withdrawal reserve, ~5% with a new deposit;
+  withdrawal reserve, ~5% with a new deposit; ~5% with their own minimum new position ($100
+  or $250) and ~5% with their own cash band ($250 or $1,000), the rest on the firm's defaults;
 - recent trades: every lot bought in the last 31 days has its buy, and ~3% of taxable accounts
   sold a security at a loss in the last 30 days, so wash-sale windows are live;
 - tax rates, year-to-date gains, carry-forwards, tax budgets, fees and tax sensitivity vary
@@ -344,6 +345,15 @@ def generate_bucket(settings: GeneratorSettings, b: int) -> tuple[dict[str, pa.T
         "tax_budget": pa.array(budget, pa.float64(), mask=~has_budget),
         "fee_rate": fee, "tax_sensitivity": sens,
     })
+    # Per-account overrides of the firm's minimum new position and cash band, ~5% of accounts
+    # each (the rest null: the firm default). Drawn last, so every other column of the bucket
+    # is what the same seed gave before they existed.
+    has_min_pos = rng.random(A) < 0.05
+    min_pos = rng.choice([100.0, 250.0], size=A)
+    has_band = rng.random(A) < 0.05
+    band = rng.choice([250.0, 1000.0], size=A)
+    accounts = (accounts.append_column("min_position", pa.array(min_pos, pa.float64(), mask=~has_min_pos))
+                .append_column("cash_band", pa.array(band, pa.float64(), mask=~has_band)))
     pos_key = l_acc.astype(np.int64) * c.n_sec + l_sec  # lots are sorted by (account, security)
     positions = int(np.count_nonzero(np.diff(pos_key))) + 1 if len(pos_key) else 0
     stats = BucketStats(bucket=b, households=H, accounts=A, lots=lots.num_rows, recent_trades=recent.num_rows,

@@ -32,6 +32,8 @@ class Accounts:
     screens : tuple of A tuples of screen ids. never_buy, never_sell : tuple of A arrays of
     security positions. di_etf : position of the ETF to direct-index, -1 for none.
     transition_start : datetime64[D], NaT without a transition.
+    min_trade : USD, 0 for the firm default. min_position, cash_band : USD, NaN for the firm
+    default (the book's null; see :func:`rebalancer.discrete.account_minimums`).
     """
     account_id: np.ndarray
     account_type: np.ndarray
@@ -47,6 +49,8 @@ class Accounts:
     fractional: np.ndarray
     transition_years: np.ndarray
     transition_start: np.ndarray
+    min_position: np.ndarray
+    cash_band: np.ndarray
 
     def __len__(self) -> int:
         return len(self.account_id)
@@ -289,6 +293,7 @@ def _build(market, as_of, hid, hh_rows, acc_rows, lot_idx, tr_idx, lot_cols, lot
     types = np.empty(n, np.int64)
     model = np.empty(n, np.int64)
     cash, deposit, reserve, min_trade = (np.empty(n) for _ in range(4))
+    min_pos, band = np.full(n, np.nan), np.full(n, np.nan)
     di = np.full(n, -1, np.int64)
     frac = np.empty(n, bool)
     ty = np.zeros(n, np.int64)
@@ -310,6 +315,15 @@ def _build(market, as_of, hid, hh_rows, acc_rows, lot_idx, tr_idx, lot_cols, lot
             v = a[f]
             if not _finite(v) or v < 0:
                 raise BookDataError("accounts", key, f, f"must be finite and >= 0 (got {v})")
+            arr[j] = v
+        # Optional overrides (null: the firm default); a book written before them lacks the
+        # columns, which reads as null too.
+        for f, arr in (("min_position", min_pos), ("cash_band", band)):
+            v = a.get(f)
+            if v is None:
+                continue
+            if not _finite(v) or v < 0:
+                raise BookDataError("accounts", key, f, f"must be finite and >= 0 or null (got {v})")
             arr[j] = v
         for s in a["screens"] or ():
             if s not in market.screens:
@@ -341,7 +355,7 @@ def _build(market, as_of, hid, hh_rows, acc_rows, lot_idx, tr_idx, lot_cols, lot
         account_id=account_id, account_type=types, model_id=model,
         cash=cash, deposit=deposit, reserve=reserve, screens=tuple(screens), never_buy=tuple(never_buy),
         never_sell=tuple(never_sell), di_etf=di, min_trade=min_trade, fractional=frac, transition_years=ty,
-        transition_start=ts)
+        transition_start=ts, min_position=min_pos, cash_band=band)
 
     idx = lot_idx if lot_idx is not None else np.empty(0, np.int64)
     l_acc_id = lot_cols["account_id"][idx].astype(np.int64)

@@ -44,7 +44,8 @@ from .errors import OptimizationError
 from .household import Household
 from .market import Market
 from .naive import NaiveRebalance, naive_rebalance
-from .postprocess import Orders, orders_to_x, round_solution
+from .discrete import AccountCash, whole_share_orders
+from .postprocess import Orders
 from .problem import HouseholdProblem, LotTax, VarKind, build_problem, transition_end
 from .reference import solve_reference
 from .schema import TradeReason
@@ -119,8 +120,13 @@ class Trades:
 class HouseholdResult:
     """One household's run. Money in USD; tracking errors are annual volatilities.
 
-    objective : of the rounded trades; objective_continuous : of the convex solution;
-    rounding_cost : their difference. budget_overrun : realized gain above the budget (USD; whole
+    objective : of the orders (whole shares, minimums: :mod:`rebalancer.discrete`);
+    objective_continuous : of the convex solution; rounding_cost : their difference;
+    objective_hold : of no trades (nan where holding breaks a hard rule: a forced sale, a
+    reserve short of cash). objective_naive_whole : of the naive trades made whole by the same
+    share and minimum rules (nan where those break a rule). cash : per account cash after, target, band and why cash above
+    the band was left. discrete_moves, discrete_start : the descent's moves and where it
+    started (continuous | hold | naive). budget_overrun : realized gain above the budget (USD; whole
     shares or hard rules needed it; status budget_exceeded). fallbacks : solves the fast solver
     handed to the reference because it did not converge. naive_objective : of the naive trades, in the same
     objective; naive_feasible : those trades obey every rule of the problem (then
@@ -169,6 +175,11 @@ class HouseholdResult:
     sold: float
     fee: float
     fallbacks: int = 0
+    objective_hold: float = math.nan
+    objective_naive_whole: float = math.nan
+    cash: AccountCash | None = None
+    discrete_moves: int = 0
+    discrete_start: str = "continuous"
     accounts: AccountFigures | None = None
     wash: WashMatch = field(default_factory=WashMatch.empty)
     timings: dict = field(default_factory=dict)
@@ -300,8 +311,14 @@ def _steps(market: Market, hh: Household, settings: OptimizerSettings, date) -> 
     timings["solve"] = sum(x.setup_seconds + x.solve_seconds for x in solved) + (time.perf_counter() - t - waited[0])
 
     t = time.perf_counter()
-    orders = round_solution(market, hh, best_p, best.x, lt, settings.min_weight)
-    x_round = orders_to_x(best_p, hh, lt, orders)
+    disc = whole_share_orders(market, hh, p0, best_p, best.x, naive.x if naive_ok else None, settings)
+    orders, x_round = disc.orders, disc.x
+    if hh.tax_sensitivity == 0 and math.isfinite(disc.objective_hold):
+        # Tax sensitivity 0 goes to target: never end further from it than holding (the
+        # sensitivity floor's costs could otherwise buy a hair of tracking error).
+        if p0.model_variance(p0.weights_after(x_round)) > p0.model_variance(p0.w0):
+            disc = whole_share_orders(market, hh, p0, best_p, np.zeros(p0.n_vars), None, settings)
+            orders, x_round = disc.orders, disc.x
     b_acc, b_i = np.nonzero(orders.buys > 0)  # the order of _trades' buy rows
     wash = wash_match(market, hh, date, orders.sold, (b_acc, best_p.securities[b_i], orders.buys[b_acc, b_i]),
                       settings.wash_window_days)
@@ -332,10 +349,12 @@ def _steps(market: Market, hh: Household, settings: OptimizerSettings, date) -> 
     return HouseholdResult(
         household_id=hh.household_id, status=status, solver=best.solver, value=V, trades=trades,
         objective=obj_round, objective_continuous=obj_cont, rounding_cost=obj_round - obj_cont,
+        objective_hold=disc.objective_hold * V, objective_naive_whole=disc.objective_naive_whole * V, cash=disc.cash, discrete_moves=disc.moves, discrete_start=disc.start,
         naive_objective=naive_obj * V, naive_feasible=naive_ok, primal_residual=best.primal_residual * V,
         dual_residual=best.dual_residual * V, iterations=best.iterations, solves=solves,
-        te_before=math.sqrt(max(p0.tracking_variance(p0.w0), 0.0)),
-        te_after=math.sqrt(max(after_var, 0.0)), te_naive=math.sqrt(max(naive_var, 0.0)),
+        te_before=math.sqrt(p0.model_variance(p0.w0)),
+        te_after=math.sqrt(p0.model_variance(p0.weights_after(x_round), after_var)),
+        te_naive=math.sqrt(p0.model_variance(p0.weights_after(naive.x), naive_var)),
         realized_st_gain=st_gain, realized_st_loss=st_loss, realized_lt_gain=lt_gain, realized_lt_loss=lt_loss,
         disallowed_loss=float(np.sum(deferred + destroyed)), loss_deferred=float(np.sum(deferred)),
         loss_destroyed=float(np.sum(destroyed)), wash=wash,

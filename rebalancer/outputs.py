@@ -4,9 +4,14 @@ One row per lot sold or security bought; one row per household rebalanced; one r
 account of a rebalanced household (its distance from its own model before and after, for
 dispersion, see :mod:`rebalancer.dispersion`); one row per account that could not be
 processed, with its reason. Rows carry ids, never client names.
+
+No column holds NaN or infinity: a figure that is missing or undefined is null, and its
+column's doc says when (a NaN is a number to Parquet readers: it passes a null check and
+turns a sum into NaN).
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import numpy as np
@@ -71,12 +76,15 @@ _HH_FIELDS = [
     ("objective", pa.float64(), "Objective of the trades, USD."),
     ("objective_continuous", pa.float64(), "Objective of the convex solution, USD."),
     ("rounding_cost", pa.float64(), "objective - objective_continuous, USD."),
+    ("objective_hold", pa.float64(), "Objective of no trades, USD; null where holding breaks a hard rule (a forced sale, a reserve short of cash). Value found: objective_hold - objective_continuous; kept by the orders: objective_hold - objective."),
     ("naive_objective", pa.float64(), "Objective of the naive trades, USD."),
+    ("objective_naive_whole", pa.float64(), "Objective of the naive trades made whole by the same share and minimum rules, USD; null where those trades break a rule."),
     ("naive_feasible", pa.bool_(), "The naive trades obey every rule of the problem."),
-    ("budget_room", pa.float64(), "Gains the run could realize under the tax budget, USD (inf: no budget)."),
+    ("budget_room", pa.float64(), "Gains the run could realize under the tax budget, USD; null: the household has no budget."),
     ("budget_overrun", pa.float64(), "Realized gain above the budget, USD."),
     ("primal_residual", pa.float64(), "Largest constraint violation of the convex solution, USD."),
-    ("dual_residual", pa.float64(), "KKT stationarity residual, USD."),
+    ("dual_residual", pa.float64(), "KKT stationarity residual, USD; null where the trades have none (solver "
+                                    "'<solver>+naive': the naive trades, kept because they were better than the solve)."),
     ("iterations", pa.int32(), "Solver iterations of the final solve."),
     ("solves", pa.int32(), "Solves for this household."),
     ("fallbacks", pa.int32(), "Solves the fast solver handed to the reference because it did not converge."),
@@ -105,6 +113,10 @@ ACCOUNTS_SCHEMA = pa.schema([
     _f("active_before", pa.float64(), "Active share before trades: half the sum of |active weights|, cash included."),
     _f("active_after", pa.float64(), "Active share after the run's trades."),
     _f("active_naive", pa.float64(), "Active share after the naive rebalance."),
+    _f("cash_after", pa.float64(), "Cash after the run's trades, USD."),
+    _f("cash_target", pa.float64(), "Cash the account targets, USD: its reserve (models hold no cash)."),
+    _f("cash_band", pa.float64(), "Tolerance above the target, USD: cash above cash_target + cash_band is invested unless cash_note says why not."),
+    _f("cash_note", pa.string(), "Why cash above the band was left; null where it was not.", True),
 ])
 
 _ACCOUNT_TYPES = np.array([AccountType.TAXABLE.value, AccountType.TRADITIONAL.value, AccountType.ROTH.value])
@@ -181,8 +193,11 @@ def households_table(pairs: Iterable[tuple[Household, HouseholdResult]],
         "accounts": [hh.n_accounts for hh, _ in pairs] + [len({j.account_id for j in js}) for js in rejected.values()],
         "trades": [len(r.trades) for r in results] + [0] * len(rejected),
     }
-    for name, _, _ in _HH_FIELDS:
-        cols[name] = [getattr(r, name) for r in results] + nulls
+    for name, type_, _ in _HH_FIELDS:
+        vals = [getattr(r, name) for r in results]
+        if pa.types.is_floating(type_):  # a missing figure (NaN) or none at all (inf: no budget) is null
+            vals = [float(v) if math.isfinite(v) else None for v in vals]
+        cols[name] = vals + nulls
     # Rows by household id; a stable sort, as list.sort was.
     order = np.argsort(np.array(cols["household_id"], np.int64), kind="stable").tolist()
     return pa.Table.from_arrays([pa.array([cols[f.name][i] for i in order], f.type) for f in HOUSEHOLDS_SCHEMA],
@@ -193,7 +208,7 @@ def accounts_table(pairs: Iterable[tuple[Household, HouseholdResult]]) -> pa.Tab
     """One row per account of the rebalanced households ``pairs``, in the order given."""
     pairs = list(pairs)
     for hh, r in pairs:
-        if r.accounts is None:
+        if r.accounts is None or r.cash is None:
             raise ValueError(f"household {hh.household_id}: result has no account figures")
     if not pairs:
         return ACCOUNTS_SCHEMA.empty_table()
@@ -209,7 +224,9 @@ def accounts_table(pairs: Iterable[tuple[Household, HouseholdResult]]) -> pa.Tab
         "model_id": cat(accs, "model_id").astype(np.int32), "account_type": _ACCOUNT_TYPES[cat(accs, "account_type")],
         "direct_indexed": cat(accs, "di_etf") >= 0,
         **{name: cat(figs, name) for name in ("value", "te_before", "te_after", "te_naive", "active_before",
-                                              "active_after", "active_naive")}}
+                                              "active_after", "active_naive")},
+        **{name: np.concatenate([getattr(r.cash, name) for _, r in pairs]) for name in ("cash_after", "cash_target", "cash_band")},
+        "cash_note": [n for _, r in pairs for n in r.cash.note]}
     return pa.Table.from_arrays([pa.array(cols[f.name], f.type) for f in ACCOUNTS_SCHEMA], schema=ACCOUNTS_SCHEMA)
 
 

@@ -215,6 +215,9 @@ class HouseholdProblem:
     n_accounts: int
     lots: LotTax
     account_targets: tuple
+    # The cash factor's volatility (OptimizerSettings.cash_active_vol), the last column of
+    # ``exposures`` where > 0: part of the objective, not of the reported tracking error.
+    cash_vol: float = 0.0
     # Data derived from the risk model (see derived_risk); restrict() and with_budget() share it.
     risk_derived: dict = field(default_factory=dict, repr=False)
 
@@ -252,6 +255,16 @@ class HouseholdProblem:
         f = self.factor_chol.T @ (self.exposures.T @ a)
         s = self.look.t_dot(a)
         return float(f @ f + np.sum(self.specific_var * s * s))
+
+    def model_variance(self, w: np.ndarray, variance: float | None = None) -> float:
+        """Tracking variance of ``w`` under the book's risk model alone: the objective's
+        variance less the cash factor's ``cash_vol^2 (1' a)^2`` (what reports call tracking
+        error). ``variance``: :meth:`tracking_variance` of ``w`` where the caller has it."""
+        if variance is None:
+            variance = self.tracking_variance(w)
+        if self.cash_vol > 0:
+            variance -= self.cash_vol ** 2 * float(np.sum(w - self.target)) ** 2
+        return max(variance, 0.0)
 
     def objective(self, x: np.ndarray, variance: float | None = None) -> float:
         """f(x) in units of V (multiply by ``value`` for dollars). ``variance``: the tracking
@@ -456,11 +469,16 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
     room = max(budget - year_net, 0.0) if math.isfinite(budget) else math.inf
     room = min(room, transition_allowance(market, hh, date, account_targets, lot_value, lot_gain))
 
-    X = market.risk.exposures[secs]
-    F = market.risk.factor_cov
     _, (lt_rows, lt_cols, lt_vals), d = market.lookthrough_entries(secs)
-    # Shared by every problem of the market, read-only (5 us a household).
-    chol = market.derived("problem.factor_chol", lambda m: _read_only(_psd_factor(m.risk.factor_cov)))
+    # Shared by every problem of the market, read-only (5 us a household). The cash factor
+    # (OptimizerSettings.cash_active_vol) is one more factor with exposure 1 on every
+    # security: (1' a)^2 is the household's net active weight in securities squared, the
+    # negative of its active cash, so idle cash carries the risk of the target it is not in.
+    vol = settings.cash_active_vol
+    F, chol = market.derived(("problem.factors", vol), lambda m: _factors(m.risk.factor_cov, vol))
+    X = market.risk.exposures[secs]
+    if vol > 0:
+        X = np.hstack([X, np.ones((n, 1))])
     N = len(kind)
     return HouseholdProblem(
         household_id=hh.household_id, date=date, value=V, risk_aversion=settings.risk_aversion, tax_weight=tax_weight,
@@ -470,7 +488,7 @@ def build_problem(market: Market, hh: Household, settings: OptimizerSettings, da
         impact=np.full(N, tax_weight * settings.impact), gain=np.concatenate(gain),
         loss_sale=np.concatenate(loss).astype(bool), wash_group=wash_group[security],
         cash_rhs=cash_rhs, budget=room / V, constant=constant, n_accounts=A, lots=lt,
-        account_targets=tuple(account_targets))
+        account_targets=tuple(account_targets), cash_vol=float(vol) if vol > 0 else 0.0)
 
 
 def _loss_at_risk(lt: LotTax, lot_sec: np.ndarray, wash_group: np.ndarray, active: np.ndarray, V: float,
@@ -509,6 +527,19 @@ def _security_facts(market: Market) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     codes: dict = {}
     asset_class = np.array([codes.setdefault(c, len(codes)) for c in market.asset_class.tolist()], np.int64)
     return (market.kind != "stock"), np.isfinite(market.price) & (market.price > 0), asset_class
+
+
+def _factors(F: np.ndarray, cash_vol: float) -> tuple[np.ndarray, np.ndarray]:
+    """The factor covariance and its factor C (F = C C'), with the cash factor's variance
+    ``cash_vol^2`` as one more diagonal entry where ``cash_vol > 0``; read-only."""
+    C = _psd_factor(F)
+    if cash_vol > 0:
+        k = F.shape[0]
+        F2, C2 = np.zeros((k + 1, k + 1)), np.zeros((k + 1, C.shape[1] + 1))
+        F2[:k, :k], F2[k, k] = F, cash_vol ** 2
+        C2[:k, :C.shape[1]], C2[k, -1] = C, cash_vol
+        F, C = F2, C2
+    return _read_only(np.array(F)), _read_only(C)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:

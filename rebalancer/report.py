@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import json
 import math
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import charts
+from . import charts, jsonout
 from .dispersion import STAGES, model_dispersion
 from .taxvalue import SPLIT, RunHouseholds, TaxValue, tax_value
 from .totals import TE_EDGES
@@ -63,25 +62,16 @@ def run_households(date: dt.date, households: pa.Table) -> RunHouseholds:
                          deferral_value=col("deferral_value"), wait_value=col("wait_value"), fee=col("fee"))
 
 
-def _finite(x):
-    """JSON-safe: non-finite floats become None."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def _clean(obj):
+    """JSON-ready: dates as ISO text, the rest as :func:`rebalancer.jsonout.strict` makes it
+    (non-finite figures null)."""
     if isinstance(obj, dict):
         return {k: _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return _finite(float(obj))
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (dt.date,)):
+    if isinstance(obj, dt.date):
         return obj.isoformat()
-    return obj
+    return jsonout.strict(obj)
 
 
 def _hist(values: np.ndarray, edges) -> list[int]:
@@ -186,20 +176,20 @@ HOUSEHOLD_COLUMNS = ("taxes_saved",) + SPLIT + ("fee", "ratio")
 
 def households_table(tv: TaxValue) -> pa.Table:
     """Per household of the reported run: value and, for the run and the period, taxes saved
-    or deferred, its split, the fee for the same days and their ratio (inf: no fee; null: 0/0)."""
+    or deferred, its split, the fee for the same days and their ratio, null where the fee is 0
+    (the ratio is undefined; ``exceeds_*`` still says whether the tax value beats the fee)."""
     cols = {"household_id": pa.array(tv.household_id, pa.int64()), "value": pa.array(tv.value, pa.float64())}
     for name, f in (("run", tv.run), ("period", tv.period)):
         for k in HOUSEHOLD_COLUMNS:
             v = np.asarray(f[k], float)
-            cols[f"{k}_{name}"] = pa.array(v, pa.float64(), mask=np.isnan(v))
+            cols[f"{k}_{name}"] = pa.array(v, pa.float64(), mask=~np.isfinite(v))  # a strict table: no inf
         cols[f"exceeds_{name}"] = pa.array(f["taxes_saved"] > f["fee"], pa.bool_())
     return pa.table(cols)
 
 
 def report_json(report: dict) -> str:
     """The figures as JSON (the chart points left out)."""
-    return json.dumps({k: v for k, v in report.items() if not k.startswith("_")}, indent=2, sort_keys=True,
-                      allow_nan=False)
+    return jsonout.dumps({k: v for k, v in report.items() if not k.startswith("_")}, indent=2, sort_keys=True)
 
 
 # HTML ----------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .book import Book, BookInfo, BookWriter, BucketStats, book_fingerprint, table_path
+from . import jsonout
 from .errors import RebalancerError
 from .household import TAXABLE, Household, split_households
 from .market import Market
@@ -789,16 +790,8 @@ def run_month(req: MonthRequest, log: Callable[[str], None] | None = None) -> di
 
 
 def json_ready(x):
-    """JSON has no NaN or infinity: write null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_ready(v) for v in x]
-    if isinstance(x, np.generic):
-        return json_ready(x.item())
-    return x
+    """JSON has no NaN or infinity: write null (:func:`rebalancer.jsonout.strict`)."""
+    return jsonout.strict(x)
 
 
 def _pct(x: float | None, d: int = 2) -> str:

@@ -78,12 +78,23 @@ class TableSpec:
     key : columns that identify a row (unique within the book).
     household_keyed : True when the table is split by household bucket.
     doc : what one row is.
+    optional : nullable columns added after the format's first version, which a book written
+        before them lacks: :func:`conform` and the validator read a missing one as all null.
+        Other columns, nullable or not, must be present (a missing ``tax_budget`` would
+        silently mean "no cap"), so only columns whose null is a harmless default belong here.
     """
     name: str
     schema: pa.Schema
     key: tuple[str, ...]
     household_keyed: bool
     doc: str
+    optional: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        for name in self.optional:
+            i = self.schema.get_field_index(name)
+            if i < 0 or not self.schema.field(i).nullable:
+                raise ValueError(f"{self.name}.{name}: an optional column must be a nullable column of the table")
 
     def empty(self) -> pa.Table:
         return self.schema.empty_table()
@@ -220,12 +231,22 @@ ACCOUNTS = TableSpec(
         _field("never_buy", pa.list_(pa.int32()), "", "Security ids the account may not buy."),
         _field("never_sell", pa.list_(pa.int32()), "", "Security ids the account may not sell."),
         _field("direct_index_etf", pa.int32(), "id", "A model ETF whose weight is replaced by its index constituents (screened); null: none.", True),
-        _field("min_trade", pa.float64(), "USD", "Smallest trade worth making; >= 0."),
+        _field("min_trade", pa.float64(), "USD", "Smallest trade worth making; >= 0. 0: the firm default "
+               "(max of `min_trade_usd` and `min_trade_fraction` of the account's value); > 0 stands alone."),
+        _field("min_position", pa.float64(), "USD",
+               "A buy that opens a position must make it worth at least this; >= 0 (0: none beyond `dust_usd`). "
+               "Set, it stands alone: the firm's `min_position_usd` and `min_position_fraction` do not apply. "
+               "Null: the firm default.", True),
+        _field("cash_band", pa.float64(), "USD",
+               "Cash that may stay uninvested above the target (cash_reserve); >= 0 (0: invest all above the "
+               "reserve). Set, it stands alone: the firm's `cash_band_usd` and `cash_band_fraction` do not "
+               "apply. Null: the firm default.", True),
         _field("fractional_shares", pa.bool_(), "", "Fractional shares allowed; otherwise trades are whole shares."),
         _field("transition_years", pa.int16(), "years", "Legacy portfolio to move to the model over this many years; 0: none."),
         _field("transition_start", pa.date32(), "date", "First day of the transition; null when transition_years is 0.", True),
     ]),
     ("account_id",), True, "One account of a household, following one model.",
+    optional=("min_position", "cash_band"),
 )
 
 LOTS = TableSpec(
@@ -311,14 +332,19 @@ def castable(src: pa.DataType, dst: pa.DataType) -> bool:
 def conform(table: pa.Table, spec: TableSpec) -> pa.Table:
     """Return ``table`` with exactly the spec's columns, order and types (safe casts only).
 
-    Raises ``ValueError`` naming the table and column if a column is missing or a cast would
-    lose information. Field metadata is attached so written files carry their documentation.
+    A missing column of ``spec.optional`` (added after books were written without it) is
+    filled with nulls. Raises ``ValueError`` naming the table and column if another column is
+    missing or a cast would lose information. Field metadata is attached so written files
+    carry their documentation.
     """
-    missing = [f.name for f in spec.schema if f.name not in table.column_names]
+    missing = [f.name for f in spec.schema if f.name not in table.column_names and f.name not in spec.optional]
     if missing:
         raise ValueError(f"{spec.name}: missing columns {missing}")
     cols = []
     for f in spec.schema:
+        if f.name not in table.column_names:
+            cols.append(pa.nulls(table.num_rows, f.type))
+            continue
         col = table[f.name]
         if not col.type.equals(f.type):
             if not castable(col.type, f.type):
@@ -350,7 +376,8 @@ def contract_markdown() -> str:
         "",
         "Units: money in USD, rates and weights as fractions (0.2 = 20%), variances annualised from",
         "daily returns (x252), dates as date32 (days). Non-nullable columns must not hold nulls;",
-        "floats must be finite.",
+        "floats must be finite. Every column must be present, except those marked \"yes, may be",
+        "absent\" (added after books were written without them): a missing one reads as null.",
         "",
     ]
     for spec in TABLES.values():
@@ -359,6 +386,12 @@ def contract_markdown() -> str:
                 "| column | type | unit | null | meaning |", "|---|---|---|---|---|"]
         for f in spec.schema:
             md = {k.decode(): v.decode() for k, v in (f.metadata or {}).items()}
-            out.append(f"| `{f.name}` | {f.type} | {md.get('unit', '')} | {'yes' if f.nullable else 'no'} | {md.get('doc', '')} |")
+            out.append(f"| `{f.name}` | {f.type} | {md.get('unit', '')} | {_null_cell(spec, f)} | {md.get('doc', '')} |")
         out.append("")
     return "\n".join(out)
+
+
+def _null_cell(spec: TableSpec, f: pa.Field) -> str:
+    if f.name in spec.optional:
+        return "yes, may be absent"
+    return "yes" if f.nullable else "no"

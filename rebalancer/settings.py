@@ -63,6 +63,26 @@ class OptimizerSettings:
         $1 per $1M).
     solver_tolerance : accuracy asked of the solver, absolute and relative (duality gap and
         feasibility), in units of household value.
+    min_trade_usd, min_trade_fraction : the firm's minimum trade per (account, security,
+        side), ``max(min_trade_usd, min_trade_fraction * account value)``, for accounts whose
+        own ``min_trade`` is 0 (an account's own > 0 stands). A forced sale or one that closes
+        the position is exempt.
+    min_position_usd, min_position_fraction : a buy that opens a position the account does
+        not hold must make it worth at least ``max(min_position_usd, min_position_fraction *
+        account value)``, for accounts whose own ``min_position`` is null (an account's own
+        stands, 0 included).
+    dust_usd : no trade row is worth less than this (forced sales excepted).
+    cash_band_usd, cash_band_fraction : cash is a position with a target, the reserve (the
+        models hold no cash); cash above target plus ``max(cash_band_usd, cash_band_fraction *
+        account value)`` is invested unless no eligible buy fits (the account's ``cash_note``
+        says why); an account's own ``cash_band``, where not null, stands instead (0 included).
+    cash_active_vol : the risk of cash against the invested target, annual volatility: the
+        problem adds ``cash_active_vol^2 * (1' a)^2`` to the tracking variance (a cash factor
+        with exposure 1 on every security; ``1' a`` is the household's active weight in
+        securities, minus its active cash), so substitutes plus idle cash cannot stand in for
+        a fund at no risk. 0 turns it off. See docs/optimizer.md.
+    descent_max_steps : cap on the steps of one descent (:mod:`rebalancer.discrete`): a step
+        moves many variables at once where it can, one or a pair where it cannot.
     """
     risk_aversion: float = 100.0
     impact: float = 0.0
@@ -77,10 +97,20 @@ class OptimizerSettings:
     wash_buy_risk: float = 0.1
     min_weight: float = 1e-6
     solver_tolerance: float = 1e-8
+    min_trade_usd: float = 25.0
+    min_trade_fraction: float = 0.0
+    min_position_usd: float = 50.0
+    min_position_fraction: float = 0.0
+    dust_usd: float = 1.0
+    cash_band_usd: float = 100.0
+    cash_band_fraction: float = 0.01
+    cash_active_vol: float = 0.05
+    descent_max_steps: int = 40
 
     def __post_init__(self):
         for name in ("risk_aversion", "impact", "sensitivity_floor", "substitute_cost", "screen_hold_cost", "min_weight",
-                     "solver_tolerance"):
+                     "solver_tolerance", "min_trade_usd", "min_trade_fraction", "min_position_usd",
+                     "min_position_fraction", "dust_usd", "cash_band_usd", "cash_band_fraction", "cash_active_vol"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0):
                 raise ValueError(f"OptimizerSettings.{name} must be a number >= 0, got {v!r}")
@@ -94,4 +124,6 @@ class OptimizerSettings:
                 raise ValueError(f"OptimizerSettings.{name} must be a number in [0, 1], got {v!r}")
         if not 0 < self.wash_window_days <= 61:
             raise ValueError(f"OptimizerSettings.wash_window_days must be in 1..61, got {self.wash_window_days}")
+        if not (isinstance(self.descent_max_steps, int) and self.descent_max_steps >= 0):
+            raise ValueError(f"OptimizerSettings.descent_max_steps must be an int >= 0, got {self.descent_max_steps!r}")
         object.__setattr__(self, "divestment", Divestment(self.divestment))

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from . import jsonout
 from .errors import StorageError, StorageUnavailableError
 
 __all__ = ["S3Options", "RetryPolicy", "Location", "open_uri", "parquet_bytes", "is_transient",
@@ -335,9 +336,12 @@ class Location:
             return f.read()
 
     def write_json(self, rel: str, obj) -> None:
-        self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+        """Write ``obj`` as strict JSON (:mod:`rebalancer.jsonout`: non-finite numbers as null)."""
+        self.write_bytes(rel, (jsonout.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
     def read_json(self, rel: str):
+        # Lenient on purpose: a run resumed from records written before the writer was strict
+        # (a NaN residual) must still read them; what is written back is strict.
         return json.loads(self.read_bytes(rel))
 
     @_retrying("write")

@@ -2,8 +2,9 @@
 
 :func:`shard_totals` turns a shard's results and rejections into a nested dict of counts,
 dollar sums, tracking-error sums and histograms; :func:`merge_totals` adds such dicts (sums
-add, ``max_*`` entries take the maximum, histograms add bin by bin), so a run's totals are the
-merge of its shards' in shard order, the same whatever order the shards finished in.
+add, ``max_*`` entries take the maximum of the known values, histograms add bin by bin), so
+a run's totals are the merge of its shards' in shard order, the same whatever order the
+shards finished in.
 :func:`headline` derives the figures a desk reads (value-weighted tracking error, losses
 harvested, shares of the book).
 """
@@ -70,10 +71,17 @@ def shard_totals(pairs: list[tuple[Household, HouseholdResult]], rejections: Ite
             "fallback_households": sum(1 for r in rs if r.fallbacks),
             "iterations": sum(r.iterations for r in rs),
             "naive_infeasible": sum(1 for r in rs if not r.naive_feasible),
-            "max_primal_residual": max((r.primal_residual for r in rs), default=0.0),
-            "max_dual_residual": max((r.dual_residual for r in rs), default=0.0),
+            # The largest known residuals: a result with none (NaN: the fast+naive trades have
+            # no dual) is left out, not let through max(), where a NaN wins or loses by position.
+            "max_primal_residual": _max_known(r.primal_residual for r in rs),
+            "max_dual_residual": _max_known(r.dual_residual for r in rs),
         },
     }
+
+
+def _max_known(values) -> float:
+    """The largest finite value (0 with none): NaN, infinity and null are unknown, not large."""
+    return max((float(v) for v in values if v is not None and math.isfinite(v)), default=0.0)
 
 
 def merge_totals(parts: Iterable[dict]) -> dict:
@@ -92,7 +100,7 @@ def _merge(a, b, key: str = ""):
     if isinstance(a, list):
         return [x + y for x, y in zip(a, b, strict=True)]
     if key.startswith("max_"):
-        return max(a, b)
+        return _max_known((a, b))  # a record written before outputs were strict may hold NaN
     return a + b
 
 

@@ -396,6 +396,9 @@ class _Validator:
         broken = set()
         for f in spec.schema:
             idx = raw.schema.get_all_field_indices(f.name)
+            if not idx and f.name in spec.optional:
+                cols[f.name] = pa.nulls(n, f.type)  # a book written before the column: all null
+                continue
             if not idx:
                 self.c.one(spec.name, key, f.name, "missing column")
             elif len(idx) > 1:
@@ -676,6 +679,8 @@ class _Validator:
         self._enum(t, "account_type", AccountType)
         for col in ("cash", "deposit", "cash_reserve", "min_trade", "transition_years"):
             self.c.rows(t, col, "must be >= 0", pc.less(t[col], 0))
+        for col in ("min_position", "cash_band"):  # null: the firm default
+            self.c.rows(t, col, "must be >= 0 when set", pc.less(t[col], 0))
         self.c.rows(t, "deposit", "must not exceed cash", pc.greater(t["deposit"], t["cash"]),
                     detail=lambda i: f"got {_fmt(t.value('deposit', i))}, cash {_fmt(t.value('cash', i))}")
         self._list_references(t, "screens", self.screen_ids, "unknown screen")

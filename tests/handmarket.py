@@ -102,13 +102,14 @@ def market(models: dict | None = None, as_of: dt.date = AS_OF) -> Market:
 
 def account(account_id: int, account_type: str = "taxable", model_id: int = 1, cash: float = 0.0, *,
             deposit: float = 0.0, cash_reserve: float = 0.0, screens=(), never_buy=(), never_sell=(),
-            direct_index_etf=None, min_trade: float = 0.0, fractional_shares: bool = True,
+            direct_index_etf=None, min_trade: float = 0.0, min_position: float | None = None,
+            cash_band: float | None = None, fractional_shares: bool = True,
             transition_years: int = 0, transition_start: dt.date | None = None) -> dict:
     return dict(account_id=account_id, account_type=account_type, model_id=model_id, cash=cash, deposit=deposit,
                 cash_reserve=cash_reserve, screens=list(screens), never_buy=list(never_buy),
                 never_sell=list(never_sell), direct_index_etf=direct_index_etf, min_trade=min_trade,
-                fractional_shares=fractional_shares, transition_years=transition_years,
-                transition_start=transition_start)
+                min_position=min_position, cash_band=cash_band, fractional_shares=fractional_shares,
+                transition_years=transition_years, transition_start=transition_start)
 
 
 def lot(lot_id: int, account_id: int, security_id: int, shares: float, cost_basis: float, acquired: dt.date) -> dict:

@@ -193,7 +193,9 @@ def test_warm_restart_agrees_with_a_cold_one_in_fewer_iterations(problems, kerne
         assert w.primal_residual <= 1e-7
         if c.status.usable:
             assert abs(w.objective - c.objective) <= max(1e-3 * abs(c.objective), 1e-5), q.household_id
-    assert sum(w.iterations for w in warm) <= 0.75 * sum(c.iterations for c in cold)
+    # 0.83 measured with the cash factor (OptimizerSettings.cash_active_vol: one more dense
+    # factor, 177 warm iterations against 212 cold on these households); 0.75 before it.
+    assert sum(w.iterations for w in warm) <= 0.85 * sum(c.iterations for c in cold)
 
 
 def test_a_bad_warm_start_costs_time_not_the_answer(problems, kernel):

@@ -82,6 +82,12 @@ def test_book_has_the_standard_shape(small_book):
     sells = rt.filter(pc.equal(rt["side"], "sell"))
     assert sells.num_rows > 0 and pc.all(pc.less(sells["realized_gain"], 0)).as_py()
     assert rt.num_rows > sells.num_rows
+    # ~5% of accounts have their own minimum new position ($100 or $250), ~5% their own cash
+    # band ($250 or $1,000); the rest are null (the firm's defaults).
+    for col, values in (("min_position", {100.0, 250.0}), ("cash_band", {250.0, 1000.0})):
+        v = pa_concat([a.select([col]) for a in acc])[col]
+        assert 0.02 < (len(v) - v.null_count) / len(v) < 0.09, col
+        assert set(v.drop_null().to_pylist()) == values, col
     # Tax settings vary by household; ~60% have a budget.
     h = pa_concat(hh)
     assert len(np.unique(h["short_term_rate"].to_numpy())) >= 4

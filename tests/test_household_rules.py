@@ -26,8 +26,8 @@ import math
 import numpy as np
 import pytest
 
-from handmarket import (BOND, IBM, IDXA, IDXB, IDXW, JNJ, MSFT, XOM, account, days_ago, hand_covariance,
-                        household, lot, market, trade)
+from handmarket import (BOND, FACTOR_VAR, IBM, IDXA, IDXB, IDXW, JNJ, MSFT, SPECIFIC, XOM, account, days_ago,
+                        hand_covariance, household, lot, market, trade)
 from rebalancer.household import TAXABLE
 from rebalancer.optimize import rebalance_household
 from rebalancer.problem import VarKind, build_problem
@@ -59,7 +59,7 @@ def hand_qp(ids, a0, moves, cost, eq=None, tax_weight: float = 1.0):
     ``moves`` (len(ids), N): +1 where variable j buys security ids[i], -1 where it sells.
     Returns (x, mu): x in units of V, mu the multipliers of the Lagrangian f + mu'(E x - e).
     """
-    S = hand_covariance(ids)
+    S = objective_covariance(ids)
     M = np.asarray(moves, float)
     n = M.shape[1]
     E, e = eq if eq is not None else (np.zeros((0, n)), np.zeros(0))
@@ -75,7 +75,14 @@ def hand_qp(ids, a0, moves, cost, eq=None, tax_weight: float = 1.0):
 
 def hand_objective(ids, a0, moves, cost, x, tax_weight: float = 1.0) -> float:
     a = np.asarray(a0, float) + np.asarray(moves, float) @ x
-    return float(LAM * a @ hand_covariance(ids) @ a + tax_weight * (np.asarray(cost) @ x + Q * x @ x))
+    return float(LAM * a @ objective_covariance(ids) @ a + tax_weight * (np.asarray(cost) @ x + Q * x @ x))
+
+
+def objective_covariance(ids) -> np.ndarray:
+    """The objective's covariance: the risk model's plus the cash factor's ``vol^2 11'``
+    (OptimizerSettings.cash_active_vol: idle cash carries the risk of the target it is not in)."""
+    n = len(list(ids))
+    return hand_covariance(ids) + DEFAULTS.cash_active_vol ** 2 * np.ones((n, n))
 
 
 def hand_te(active: np.ndarray) -> float:
@@ -558,17 +565,17 @@ def test_5_an_ira_replacement_destroys_the_loss_pro_rata(m):
 
     r = run(m, hh)
     # Unconstrained, the hand optimum sells more IBM than the lot holds: at costs (price + 0.0005,
-    # 0.0005 x 3) it is s = 42,374.39 > 40,000, so the lot's bound binds and it is sold whole.
+    # 0.0005 x 3) it is s = 42,283.09 > 40,000, so the lot's bound binds and it is sold whole.
     # With IBM's 2% gone (active -0.015 on IBM) the buys are the QP over MSFT, XOM, JNJ; the
-    # cash row is slack (they total 33,166.67 < 40,000).
+    # cash row is slack (they total 33,544.07 < 40,000).
     x, _ = hand_qp(STOCKS, [0.005, -0.005, 0.0, 0.0], np.diag([-1.0, 1.0, 1.0, 1.0]), [price + HALF_SPREAD] + [HALF_SPREAD] * 3)
     assert x[0] * V > 40_000
     xb, _ = hand_qp(STOCKS, [0.005 - 0.02, -0.005, 0.0, 0.0], [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]],
                     [HALF_SPREAD] * 3)
     assert sold(r, security=IBM) == pytest.approx(40_000, abs=1e-6)
-    assert bought(r, security=MSFT) == pytest.approx(xb[0] * V, abs=1e-5 * V)  # 22,500.00
-    assert bought(r, security=XOM) == pytest.approx(xb[1] * V, abs=1e-5 * V)  # 4,000.00
-    assert bought(r, security=JNJ) == pytest.approx(xb[2] * V, abs=1e-5 * V)  # 6,666.67
+    assert bought(r, security=MSFT) == pytest.approx(xb[0] * V, abs=1e-5 * V)  # 22,620.45
+    assert bought(r, security=XOM) == pytest.approx(xb[1] * V, abs=1e-5 * V)  # 4,096.36
+    assert bought(r, security=JNJ) == pytest.approx(xb[2] * V, abs=1e-5 * V)  # 6,827.26
     # The sale: 400 x (100 - 150) = -20,000. Disallowed and destroyed: 10 x -50 = -500 (not the
     # whole lot). Allowed: -19,500, tax 0.288 x -19,500 = -5,616.00.
     t = r.trades
@@ -1016,3 +1023,71 @@ def test_12_position_the_optimum_closes_is_closed(m, fractional):
     assert p.cost[j] == pytest.approx(HALF_SPREAD - 0.04 * T_ST, rel=1e-12)
     r = run(m, hh)
     assert sold(r, hh, lot_id=5, shares=True) == 2.5
+
+
+# --------------------------------------------------------------------------------------------
+# 13. The account's own minimum new position and cash band (accounts.min_position, cash_band)
+# --------------------------------------------------------------------------------------------
+
+def xom_missing_household(m, min_position=None):
+    """V = $20,000 on model 1, every holding at target (IBM, MSFT $600 = 3%, JNJ $18,000 =
+    90%, no gains) except XOM: none held, $800 (4%) short, and the $800 in cash."""
+    return household(m, [account(10, "taxable", 1, cash=800, min_position=min_position)], [
+        lot(1, 10, IBM, 6, 100, days_ago(800)),
+        lot(2, 10, MSFT, 3, 200, days_ago(800)),
+        lot(3, 10, JNJ, 120, 150, days_ago(800)),
+    ])
+
+
+def test_13_account_min_position_stands_alone_either_way(m):
+    """The optimum opens XOM with all but the spread's worth of the cash ($799.38: the $0.62
+    left is where a dollar more saves less tracking than its 5 bp). The account's own
+    min_position replaces the firm's, stricter or laxer, 0 included (unlike min_trade, whose
+    0 means the firm default)."""
+    firm = run(m, xom_missing_household(m))  # firm default $50
+    assert bought(firm, security=XOM) == pytest.approx(800, abs=1.0)
+    # The account's $2,000: no XOM position of $2,000 fits in $800 of cash, so none is opened.
+    strict = run(m, xom_missing_household(m, min_position=2_000.0))
+    assert bought(strict, security=XOM) == 0.0
+    assert strict.objective > firm.objective
+    # A firm minimum of $2,000 blocks XOM the same way; the account's own 0 lifts it.
+    big_firm = OptimizerSettings(min_position_usd=2_000.0)
+    assert bought(run(m, xom_missing_household(m), big_firm), security=XOM) == 0.0
+    lax = run(m, xom_missing_household(m, min_position=0.0), big_firm)
+    assert bought(lax, security=XOM) == pytest.approx(800, abs=1.0)
+
+
+def bond_deposit_household(m, cash_band=None):
+    """A traditional IRA on the Bonds model (BOND 100%): $980,000 of BOND and a $20,000
+    deposit, V = $1M, tax sensitivity 3. Left c of V in cash (BOND active -c), the objective
+    is lambda (var_BOND + cash_active_vol^2) c^2 + 3 * half spread * (0.02 - c) (no tax, no
+    tax drag in an IRA), least at c = 3 * 0.0005 / (2 * 100 * (0.0024 + 0.0025)) = 0.153%:
+    $1,530.61 stays in cash at the convex optimum."""
+    return household(m, [account(10, "traditional", 4, cash=20_000, deposit=20_000, cash_band=cash_band)], [
+        lot(1, 10, BOND, 9_800, 100, days_ago(800)),
+    ], tax_sensitivity=3.0)
+
+
+def test_13_account_cash_band_stands_alone_either_way(m):
+    var_bond = FACTOR_VAR["bond"] + SPECIFIC[BOND]  # 0.002 + 0.0004
+    c = 3 * HALF_SPREAD / (2 * LAM * (var_bond + DEFAULTS.cash_active_vol ** 2))
+    left = c * 1_000_000
+    assert left == pytest.approx(1_530.61, abs=0.01)
+    # The firm's default band, max($100, 1% of $1M) = $10,000, leaves the optimum's cash.
+    firm = run(m, bond_deposit_household(m))
+    assert firm.cash.cash_band[0] == 10_000.0
+    assert firm.cash.cash_after[0] == pytest.approx(left, abs=1.0) and firm.cash.note == (None,)
+    # A firm band of a flat $100 invests all but $100 of it...
+    flat = OptimizerSettings(cash_band_fraction=0.0)
+    r = run(m, bond_deposit_household(m), flat)
+    assert r.cash.cash_after[0] == pytest.approx(100.0, abs=0.01) and r.cash.note == (None,)
+    # ... where the account's own $5,000 band leaves the optimum's $1,530.61 uninvested.
+    hh = bond_deposit_household(m, cash_band=5_000.0)
+    own = run(m, hh, flat)
+    assert own.cash.cash_band[0] == 5_000.0 and own.cash.note == (None,)
+    assert own.cash.cash_after[0] == pytest.approx(left, abs=1.0)
+    assert own.cash.cash_after[0] == pytest.approx(cash_after(hh, own)[0], abs=1e-6)  # = cash - buys
+    assert own.objective < r.objective  # the band costs objective: the account chose not to pay it
+    # The account's own 0 is stricter than the firm's $10,000: cash down to under a share of BOND.
+    zero = run(m, bond_deposit_household(m, cash_band=0.0))
+    assert zero.cash.cash_band[0] == 0.0 and zero.cash.cash_after[0] < m.price[BOND]

@@ -134,6 +134,29 @@ def test_good_tables_split_cleanly():
     check_good_household_2(rows, hhs)
 
 
+def test_account_overrides_parse_and_null_is_the_firm_default():
+    rows = good_rows()
+    _set("accounts", dict(account_id=11), min_position=0.0, cash_band=750.0)(rows)
+    _set("accounts", dict(account_id=12), min_position=250.0)(rows)
+    hhs, rej = split(rows)
+    assert rej == []
+    acc = hhs[0].accounts
+    assert acc.min_position.tolist() == [0.0, 250.0]
+    assert acc.cash_band[0] == 750.0 and math.isnan(acc.cash_band[1])
+    assert np.isnan(hhs[1].accounts.min_position).all() and np.isnan(hhs[1].accounts.cash_band).all()
+
+
+def test_accounts_of_a_book_written_before_the_overrides():
+    """Tables read as stored (rebalance month, the capacity sample) lack the columns: the
+    household is what it is with them null."""
+    tables = to_tables(good_rows())
+    old = dict(tables, accounts=tables["accounts"].drop_columns(["min_position", "cash_band"]))
+    hhs, rej = split_households(MKT, old)
+    ref, _ = split_households(MKT, tables)
+    assert rej == [] and len(hhs) == 2 and all(same(a, b) for a, b in zip(hhs, ref))
+    assert np.isnan(hhs[0].accounts.min_position).all() and np.isnan(hhs[0].accounts.cash_band).all()
+
+
 # --- one bad record at a time in household 1 -------------------------------------------------
 
 def _set(table, match, **kw):
@@ -173,6 +196,14 @@ BAD = [
      {11, 12}),
     ("negative cash reserve", _set("accounts", dict(account_id=11), cash_reserve=-1.0),
      ("accounts", "account_id=11", "cash_reserve"), {11, 12}),
+    ("negative min_position", _set("accounts", dict(account_id=12), min_position=-1.0),
+     ("accounts", "account_id=12", "min_position"), {11, 12}),
+    ("infinite min_position", _set("accounts", dict(account_id=11), min_position=float("inf")),
+     ("accounts", "account_id=11", "min_position"), {11, 12}),
+    ("NaN cash_band", _set("accounts", dict(account_id=11), cash_band=float("nan")),
+     ("accounts", "account_id=11", "cash_band"), {11, 12}),
+    ("negative cash_band", _set("accounts", dict(account_id=12), cash_band=-5.0),
+     ("accounts", "account_id=12", "cash_band"), {11, 12}),
     ("bad account_type", _set("accounts", dict(account_id=11), account_type="401k"),
      ("accounts", "account_id=11", "account_type"), {11, 12}),
     ("unknown never_buy security", _set("accounts", dict(account_id=11), never_buy=[IBM, 77]),

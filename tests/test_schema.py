@@ -94,3 +94,27 @@ def test_book_info_round_trip_and_checks():
 def test_conform_refuses_to_parse_text_into_numbers():
     with pytest.raises(ValueError, match="risk_specific.security_id"):
         conform(pa.table({"security_id": ["17"], "specific_variance": [0.1]}), TABLES["risk_specific"])
+
+
+def test_a_book_written_before_the_optional_columns_still_conforms():
+    """accounts.min_position and cash_band came after books were written without them: a
+    missing one reads as null (the firm default). Any other missing column is still an error,
+    nullable or not (a missing tax_budget must not silently mean "no cap")."""
+    spec = TABLES["accounts"]
+    assert spec.optional == ("min_position", "cash_band")
+    old = _sample(spec).drop_columns(["min_position", "cash_band"])
+    out = conform(old, spec)
+    assert out.schema.equals(spec.schema, check_metadata=False)
+    assert out["min_position"].null_count == 2 and out["cash_band"].null_count == 2
+    assert out.drop_columns(["min_position", "cash_band"]).equals(old)
+    with pytest.raises(ValueError, match=r"missing columns \['direct_index_etf'\]"):
+        conform(old.drop_columns(["direct_index_etf"]), spec)
+    with pytest.raises(ValueError, match=r"missing columns \['tax_budget'\]"):
+        conform(_sample(TABLES["households"]).drop_columns(["tax_budget"]), TABLES["households"])
+
+
+def test_an_optional_column_must_be_nullable():
+    from rebalancer.schema import TableSpec
+
+    with pytest.raises(ValueError, match="t.x"):
+        TableSpec("t", pa.schema([pa.field("x", pa.float64(), nullable=False)]), ("x",), False, "", optional=("x",))

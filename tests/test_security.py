@@ -121,7 +121,8 @@ def test_output_prefixes_with_dot_segments_are_refused(uri):
 _PERSONAL = ("name", "first", "last", "email", "phone", "address", "street", "zip", "postal", "ssn", "tin",
              "tax_id", "birth", "dob", "passport", "iban", "routing")
 # String columns outputs may carry: enumerations, solver status, reasons and the data key of a rejection.
-_OUTPUT_STRINGS = {"account_type", "status", "solver", "reason", "stage", "table", "key", "field", "side", "term"}
+_OUTPUT_STRINGS = {"account_type", "status", "solver", "reason", "stage", "table", "key", "field", "side", "term",
+                   "cash_note"}
 
 
 def _columns(schema: pa.Schema) -> list[str]:

@@ -195,6 +195,28 @@ def test_deposit_exceeds_cash(tmp_path, tables):
     assert_error(check(tmp_path, tables), "accounts", "account_id=120", "deposit")
 
 
+def test_account_overrides_are_checked_when_set(tmp_path, tables):
+    set_cell(tables, "accounts", 100, "min_position", 250.0)
+    set_cell(tables, "accounts", 101, "cash_band", 0.0)
+    assert check(tmp_path / "good", tables).problems == ()
+    set_cell(tables, "accounts", 101, "min_position", -1.0)
+    set_cell(tables, "accounts", 110, "cash_band", -10.0)
+    set_cell(tables, "accounts", 120, "cash_band", float("inf"))
+    report = check(tmp_path / "bad", tables)
+    assert "got -1" in assert_error(report, "accounts", "account_id=101", "min_position").message
+    assert "got -10" in assert_error(report, "accounts", "account_id=110", "cash_band").message
+    assert "finite" in assert_error(report, "accounts", "account_id=120", "cash_band").message
+    assert len(report.errors) == 3
+
+
+def test_book_written_before_the_account_overrides_is_valid(tmp_path, tables):
+    """accounts.min_position and cash_band may be absent (schema.ACCOUNTS.optional): null."""
+    for b in list(tables["accounts"]):
+        tables["accounts"][b] = tables["accounts"][b].drop_columns(["min_position", "cash_band"])
+    report = check(tmp_path, tables)
+    assert report.problems == (), report.format()
+
+
 def test_transition_start_missing(tmp_path, tables):
     set_cell(tables, "accounts", 120, "transition_start", None)
     assert_error(check(tmp_path, tables), "accounts", "account_id=120", "transition_start")
