@@ -247,7 +247,7 @@ class _Descent:
         jump = np.where(s > 0, s, jump)
         return np.stack([up, dn, zero, full, jump])
 
-    def valid(self, c: np.ndarray, ignore_cash: bool = False, minimums: bool = True) -> np.ndarray:
+    def valid(self, c: np.ndarray, ignore_cash: bool = False, minimums: bool = True, budget: bool = True) -> np.ndarray:
         """(K, N) which candidate share counts keep every hard rule (see the module docstring)."""
         s = self.s
         ok = (c >= self.smin - _EPS) & (c <= self.smax + _EPS) & (np.abs(c - s) > _EPS)
@@ -264,7 +264,7 @@ class _Descent:
         excess0 = self.cash[self.acct] - self.net[self.acct] - self.band_top[self.acct]
         ok &= excess <= np.maximum(excess0, 0.0) + 1e-12
         # Budget.
-        if math.isfinite(self.budget):
+        if budget and math.isfinite(self.budget):
             g = self.gsum + self.gain * d
             ok &= g <= max(self.gsum, self.budget) + 1e-12
         # Wash-sale exclusivity: no buy of a group sold at a loss, no loss sale of a group bought.
@@ -326,6 +326,7 @@ class _Descent:
         self.steps, self.max_steps = 0, max_steps
         self.sweep = np.full(self.A, np.nan)  # per account: the excess a cash sweep invests
         self.swept = np.zeros(self.N)  # per buy: what the sweep has bought
+        self.restore_reserves()
         self.sweep_cash()
         while self.steps < max_steps:
             self.steps += 1
@@ -343,7 +344,18 @@ class _Descent:
             if pairs and self._pair_step(c, dfs, self.valid(c), pairs):
                 continue
             break
+        self.restore_reserves()
         self.sweep_cash()
+
+    def restore_reserves(self) -> None:
+        """Bring every account back to its reserve (a clean-up can drop a sale it needed):
+        reserve steps until none is short, not capped by the descent's steps."""
+        for _ in range(10 * self.N + 10):
+            if not np.any(self.cash - self.net - self.reserve < -1e-12):
+                return
+            c = self.candidates()
+            if not self._cash_step(c, self.deltas(c), reserve=True):
+                return
 
     def sweep_cash(self) -> None:
         """Invest the cash of every account over its band, as a desk's cash sweep does: each
@@ -478,6 +490,9 @@ class _Descent:
             # The reserve (a withdrawal) outranks the minimums: a sale under the minimum trade
             # or dust is made when nothing else raises the cash.
             ok = self.valid(c, ignore_cash=True, minimums=False) & off[self.acct] & (use < 0)
+        if reserve and not ok.any():
+            # ... and the budget: the overrun is reported (status budget_exceeded).
+            ok = self.valid(c, ignore_cash=True, minimums=False, budget=False) & off[self.acct] & (use < 0)
         if not ok.any():
             return False
         per = np.where(ok, df / np.maximum(np.abs(use), 1e-300), np.inf)
