@@ -31,6 +31,7 @@ start already breaks (whole shares can force a few dollars over the budget) may 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -44,17 +45,19 @@ from .problem import HouseholdProblem, LotTax, VarKind
 from .settings import OptimizerSettings
 from .taxlots import fifo_order
 
-__all__ = ["AccountCash", "DiscreteResult", "account_minimums", "whole_share_orders"]
+__all__ = ["AccountCash", "DiscreteResult", "account_minimums", "hold_orders", "whole_share_orders"]
 
 _LOT_SELL, _POSITION_SELL, _BUY = int(VarKind.LOT_SELL), int(VarKind.POSITION_SELL), int(VarKind.BUY)
 _EPS = 1e-9
 _TOL = 1e-12  # units of V: a move must lower f by more than this (solver noise is far above)
 
 # Notes an account's row carries when its cash stays above the band.
-NOTE_BLOCKED = ("the target's share of securities the account may not buy (screens, never-buy, wash sales) stays "
-                "in cash")
-NOTE_NO_FIT = ("no whole share fits: each eligible buy's share of the excess is under a share, the minimum trade or "
-               "the minimum position")
+NOTE_BLOCKED = ("the account may not buy (screens, never-buy, wash sales) the securities its cash would go to, "
+                "and the rest are at or above their target")
+NOTE_WORSE = "investing it would leave the household worse than holding or than the whole-share naive trades"
+NOTE_HOLD_TE = "tax sensitivity 0: every whole-share trade would raise the tracking error, so none is made"
+NOTE_NO_FIT = ("no whole share fits: each eligible buy is at or above its target, or its share of the excess is "
+               "under a share, the minimum trade or the minimum position")
 
 
 @dataclass(frozen=True, eq=False)
@@ -360,9 +363,9 @@ class _Descent:
     def sweep_cash(self) -> None:
         """Invest the cash of every account over its band, as a desk's cash sweep does: each
         security of the account's model buys its target weight's share of the excess in whole
-        shares at once (where that buy keeps every rule), then single shares by the least cost
-        per dollar (:meth:`_cash_step`) while a share still fits. Not capped by the descent's
-        steps: cash above the band is a hard rule."""
+        shares at once, no further than its household target (where that buy keeps every
+        rule), then one more share each, least cost per dollar first, while one fits. Not
+        capped by the descent's steps: cash above the band is a hard rule."""
         ex = self.excess()
         over = ex > 1e-9
         if not over.any():
@@ -371,7 +374,8 @@ class _Descent:
         self.sweep[new] = ex[new]
         j = np.flatnonzero(self.is_buy & over[self.acct] & (self.sweep_w > 0))
         if len(j):
-            k = self.sweep_w[j] * ex[self.acct[j]] / self.unit[j]
+            # Each security's share of the excess, but no further than its household target.
+            k = np.minimum(self.sweep_w[j] * ex[self.acct[j]], np.maximum(-self.a[self.sec[j]], 0.0)) / self.unit[j]
             k = np.where(self.frac[j], np.floor(k * 1e6) / 1e6, np.floor(k))
             c = self.s.copy()
             c[j] = self.s[j] + k
@@ -393,6 +397,7 @@ class _Descent:
         use = (up - self.s) * self.unit
         room = self.sweep_w * self.sweep[self.acct] + self.unit - self.swept
         ok = self.valid(up[None, :])[0] & self.is_buy & (ex[self.acct] > 1e-9) & (use > 0) & (use <= room + 1e-15)
+        ok &= self.a[self.sec] + use <= 0.5 * use + 1e-15
         j = np.flatnonzero(ok)
         if not len(j):
             return
@@ -485,7 +490,11 @@ class _Descent:
             new = off & ~np.isfinite(self.sweep)
             self.sweep[new] = self.excess()[new]
             room = self.sweep_w * self.sweep[self.acct] + self.unit - self.swept
-            ok &= self.is_buy & (use > 0) & (use <= room + 1e-15)
+            # ... never more than the excess itself (cash ends at or above the band's top), and
+            # toward the target: the security's household weight passes its target by at most
+            # half of what is bought (rounding to the nearest share), never beyond.
+            ok &= self.is_buy & (use > 0) & (use <= room + 1e-15) & (use <= self.excess()[self.acct] + 1e-15)
+            ok &= self.a[self.sec] + use <= 0.5 * use + 1e-15
         if reserve and not ok.any():
             # The reserve (a withdrawal) outranks the minimums: a sale under the minimum trade
             # or dust is made when nothing else raises the cash.
@@ -720,6 +729,21 @@ def _orders_of(p: HouseholdProblem, hh: Household, s: np.ndarray, slack: np.ndar
     return Orders(sold=sold, buys=buys, forced=forced)
 
 
+def hold_orders(hh: Household, p0: HouseholdProblem, settings: OptimizerSettings, note: str) -> DiscreteResult:
+    """No trades, as a :class:`DiscreteResult`: each account over its band carries ``note``."""
+    lt = p0.lots
+    values = np.bincount(hh.lots.account, weights=lt.value, minlength=hh.n_accounts) + hh.accounts.cash
+    _, _, band = account_minimums(hh, values, settings)
+    L, A, n = len(hh.lots), hh.n_accounts, len(p0.securities)
+    orders = Orders(sold=np.zeros(L), buys=np.zeros((A, n)), forced=np.zeros(L, bool))
+    cash = hh.accounts.cash.astype(float).copy()
+    over = cash > hh.accounts.reserve + band + 1e-6
+    return DiscreteResult(orders=orders, x=np.zeros(p0.n_vars), objective_hold=p0.objective(np.zeros(p0.n_vars)),
+                          objective_naive_whole=math.nan, start="hold", moves=0,
+                          cash=AccountCash(cash_after=cash, cash_target=hh.accounts.reserve.astype(float).copy(),
+                                           cash_band=band, note=tuple(note if o else None for o in over)))
+
+
 def whole_share_orders(market: Market, hh: Household, p0: HouseholdProblem, p: HouseholdProblem, x: np.ndarray,
                        x_naive: np.ndarray | None, settings: OptimizerSettings) -> DiscreteResult:
     """Orders for household ``hh`` from the convex solution ``x`` of ``p`` (``p0`` restricted
@@ -771,8 +795,20 @@ def whole_share_orders(market: Market, hh: Household, p0: HouseholdProblem, p: H
     orders = _orders_of(q, hh, s_best, (desc.cash - desc.net - desc.reserve) * q.value, settings.dust_usd)
     x_out = orders_to_x(q, hh, lt, orders)
     V = q.value
+    # The guarantees outrank the band: where its sweep (or anything else) left the orders
+    # worse than holding or than the whole-share naive trades, those are kept instead, and an
+    # account left over its band says why.
+    f_out, slack = q.objective(x_out), 0.005 / V
+    if math.isfinite(f_hold) and f_out > f_hold + slack:
+        r = hold_orders(hh, q, settings, NOTE_WORSE)
+        return dataclasses.replace(r, objective_hold=f_hold, objective_naive_whole=f_naive)
+    if math.isfinite(f_naive) and f_out > f_naive + slack:
+        orders, x_out, how, moves = nv, xn, "naive", 0
     desc.set(_shares_of(q, hh, lt, orders))
     cash_after = (desc.cash - desc.net) * V
+    notes = desc.notes(q)
+    if how == "naive" and moves == 0:
+        notes = tuple(None if n is None else NOTE_WORSE for n in notes)
     cash = AccountCash(cash_after=cash_after, cash_target=hh.accounts.reserve.astype(float).copy(),
-                       cash_band=band, note=desc.notes(q))
+                       cash_band=band, note=notes)
     return DiscreteResult(orders=orders, x=x_out, objective_hold=f_hold, objective_naive_whole=f_naive, start=how, moves=moves, cash=cash)

@@ -44,7 +44,7 @@ from .errors import OptimizationError
 from .household import Household
 from .market import Market
 from .naive import NaiveRebalance, naive_rebalance
-from .discrete import AccountCash, whole_share_orders
+from .discrete import NOTE_HOLD_TE, AccountCash, hold_orders, whole_share_orders
 from .postprocess import Orders
 from .problem import HouseholdProblem, LotTax, VarKind, build_problem, transition_end
 from .reference import solve_reference
@@ -318,6 +318,11 @@ def _steps(market: Market, hh: Household, settings: OptimizerSettings, date) -> 
         # sensitivity floor's costs could otherwise buy a hair of tracking error).
         if p0.model_variance(p0.weights_after(x_round)) > p0.model_variance(p0.w0):
             disc = whole_share_orders(market, hh, p0, best_p, np.zeros(p0.n_vars), None, settings)
+            orders, x_round = disc.orders, disc.x
+        if p0.model_variance(p0.weights_after(x_round)) > p0.model_variance(p0.w0):
+            # Still further (the descent's objective counts idle cash, the reported tracking
+            # error does not): no trades at all.
+            disc = hold_orders(hh, p0, settings, NOTE_HOLD_TE)
             orders, x_round = disc.orders, disc.x
     b_acc, b_i = np.nonzero(orders.buys > 0)  # the order of _trades' buy rows
     wash = wash_match(market, hh, date, orders.sold, (b_acc, best_p.securities[b_i], orders.buys[b_acc, b_i]),

@@ -76,7 +76,8 @@ class OptimizerSettings:
         models hold no cash); cash above target plus ``max(cash_band_usd, cash_band_fraction *
         account value)`` is invested unless no eligible buy fits (the account's ``cash_note``
         says why); an account's own ``cash_band``, where not null, stands instead (0 included).
-    cash_active_vol : the risk of cash against the invested target, annual volatility: the
+    cash_active_vol : the risk of cash against the invested target, annual volatility (10%:
+        about a balanced model's own volatility, which idle cash forgoes): the
         problem adds ``cash_active_vol^2 * (1' a)^2`` to the tracking variance (a cash factor
         with exposure 1 on every security; ``1' a`` is the household's active weight in
         securities, minus its active cash), so substitutes plus idle cash cannot stand in for
@@ -104,7 +105,7 @@ class OptimizerSettings:
     dust_usd: float = 1.0
     cash_band_usd: float = 100.0
     cash_band_fraction: float = 0.01
-    cash_active_vol: float = 0.05
+    cash_active_vol: float = 0.10
     descent_max_steps: int = 40
 
     def __post_init__(self):

@@ -1061,8 +1061,8 @@ def bond_deposit_household(m, cash_band=None):
     """A traditional IRA on the Bonds model (BOND 100%): $980,000 of BOND and a $20,000
     deposit, V = $1M, tax sensitivity 3. Left c of V in cash (BOND active -c), the objective
     is lambda (var_BOND + cash_active_vol^2) c^2 + 3 * half spread * (0.02 - c) (no tax, no
-    tax drag in an IRA), least at c = 3 * 0.0005 / (2 * 100 * (0.0024 + 0.0025)) = 0.153%:
-    $1,530.61 stays in cash at the convex optimum."""
+    tax drag in an IRA), least at c = 3 * 0.0005 / (2 * 100 * (0.0024 + 0.10^2)) = 0.0605%:
+    $604.84 stays in cash at the convex optimum."""
     return household(m, [account(10, "traditional", 4, cash=20_000, deposit=20_000, cash_band=cash_band)], [
         lot(1, 10, BOND, 9_800, 100, days_ago(800)),
     ], tax_sensitivity=3.0)
@@ -1072,7 +1072,7 @@ def test_13_account_cash_band_stands_alone_either_way(m):
     var_bond = FACTOR_VAR["bond"] + SPECIFIC[BOND]  # 0.002 + 0.0004
     c = 3 * HALF_SPREAD / (2 * LAM * (var_bond + DEFAULTS.cash_active_vol ** 2))
     left = c * 1_000_000
-    assert left == pytest.approx(1_530.61, abs=0.01)
+    assert left == pytest.approx(604.84, abs=0.01)
     # The firm's default band, max($100, 1% of $1M) = $10,000, leaves the optimum's cash.
     firm = run(m, bond_deposit_household(m))
     assert firm.cash.cash_band[0] == 10_000.0
@@ -1081,7 +1081,7 @@ def test_13_account_cash_band_stands_alone_either_way(m):
     flat = OptimizerSettings(cash_band_fraction=0.0)
     r = run(m, bond_deposit_household(m), flat)
     assert r.cash.cash_after[0] == pytest.approx(100.0, abs=0.01) and r.cash.note == (None,)
-    # ... where the account's own $5,000 band leaves the optimum's $1,530.61 uninvested.
+    # ... where the account's own $5,000 band leaves the optimum's $604.84 uninvested.
     hh = bond_deposit_household(m, cash_band=5_000.0)
     own = run(m, hh, flat)
     assert own.cash.cash_band[0] == 5_000.0 and own.cash.note == (None,)
