@@ -5,22 +5,25 @@ convex. They are settled here as part of the optimization, on the household's ow
 ``f`` (:meth:`rebalancer.problem.HouseholdProblem.objective`), not by a rounding after it:
 
 1. **start**: the convex solution rounded to orders (:func:`rebalancer.postprocess.round_solution`:
-   shares, netting, budget and reserve repairs);
-2. **descent**: a greedy descent over share-sized moves. Each step looks at every variable's
+   shares, netting, budget and reserve repairs), then cleaned: a buy under its minimum
+   dropped, a sale under its minimum trade raised to it or dropped, reserves restored;
+2. **descent**: a greedy descent over share-sized moves. Each step scores every variable's
    candidate values (one share more or less, none, the whole lot or position, the smallest
-   trade the account's minimums allow) and takes the one that lowers ``f`` most while every
-   hard rule holds; when no single move helps, pairs of moves in one account (a buy funded by
-   a sale or by a smaller buy) are tried, exactly, with the risk model's cross term. ``f`` is
-   quadratic, so each move's change is exact: ``df = g d + h d^2 / 2`` with ``g`` the gradient
-   and ``h`` the curvature of the variable (Nocedal & Wright, *Numerical Optimization*,
-   ch. 3, coordinate descent);
-3. **cash band**: while an account holds more cash than its target (reserve) plus its band,
-   the buy that costs ``f`` least per dollar is made, then the descent goes on; cash above the
-   band is left only where no eligible buy fits (the account's ``cash_note`` says why);
+   trade the account's minimums allow) in one compiled pass (:func:`_best_moves`), takes the
+   improving ones together where the rows still hold and ``f`` falls (steepest edge: gain per
+   unit moved), else the single best; when none helps, reserve steps and pairs of moves in one
+   account (a buy funded by a sale or a smaller buy, with the risk model's cross term). ``f``
+   is quadratic, so each move's change is exact: ``df = g d + h d^2 / 2`` with ``g`` the
+   gradient and ``h`` the curvature of the variable (Nocedal & Wright, *Numerical
+   Optimization*, ch. 3, coordinate descent). At most ``descent_max_steps`` steps;
+3. **cash sweep**, before and after the descent and not capped by it: an account over its
+   target (the reserve) plus band invests the excess across its model by target weight,
+   toward the target only, in whole shares; cash above the band is left only where the
+   securities it would go to may not be bought or no whole share fits (``cash_note``);
 4. **candidates**: holding (no trades) and the naive rebalance made whole by the same rules
-   are descended from too when they beat the result, and the best feasible end point is kept:
+   are descended from too, and the best end point is kept; these guarantees outrank the band:
    a household never ends worse than holding or than the whole-share naive trades, where
-   those are feasible.
+   those keep every rule.
 
 Hard rules kept by every move: bounds (never-sell, blocked buys, forced divestment), cash
 after trades at least the reserve, the tax budget, in-run wash-sale exclusivity (never buy a
