@@ -168,6 +168,8 @@ class _Descent:
                          ("key", np.int64), ("is_buy", bool), ("frac", bool), ("forced", bool), ("loss", bool),
                          ("new_pos", bool)):
             setattr(self, name, np.array(getattr(self, name), dtype=dt, order="C", copy=True))
+        # (account, security, side) keys with a forced sale: fixed by the bounds, not the shares.
+        self.forced_key = np.bincount(self.side_key, weights=self.forced, minlength=self.n_keys) > 0
         self.moves = 0
         self.steps, self.max_steps = 0, 1
         self.sweep, self.swept = np.full(A, np.nan), np.zeros(N)
@@ -194,7 +196,6 @@ class _Descent:
         self.losssold = np.bincount(self.gi[ls], weights=x[ls], minlength=self.G).astype(float)
         self.agg = np.bincount(self.side_key, weights=s * self.px, minlength=self.n_keys).astype(float)
         self.nonfull = np.bincount(self.side_key, weights=~self.is_buy & (s < self.smax - _EPS), minlength=self.n_keys).astype(float)
-        self.forced_key = np.bincount(self.side_key, weights=self.forced, minlength=self.n_keys) > 0
         self.buy_at = np.bincount(self.key[self.is_buy], weights=x[self.is_buy], minlength=self.A * self.n).astype(float)
         sells = ~self.is_buy
         self.sell_at = np.bincount(self.key[sells], weights=x[sells], minlength=self.A * self.n).astype(float)
@@ -418,11 +419,10 @@ class _Descent:
 
     def _best(self):
         bud = self.budget if math.isfinite(self.budget) else np.inf
-        # (bincount with weights gives float64; forced_key a fresh bool array each step.)
         return _best_moves(self.s, self.smax, self.smin, self.unit, self.px, self.sign, self.is_buy, self.frac,
                            self.forced, self.acct, self.sec, self.gi, self.side_key, self.key, self.loss, self.new_pos,
                            self.min_trade, self.min_pos, float(self.dust), self.cash, self.net, self.reserve,
-                           self.band_top, self.bought, self.losssold, self.agg, self.nonfull.astype(float),
+                           self.band_top, self.bought, self.losssold, self.agg, self.nonfull,
                            self.forced_key, self.buy_at, self.sell_at, float(bud), float(self.gsum), self.gain,
                            self.Sa, self.diag, self.cost, self.q, float(self.lam), float(self.tol))
 
